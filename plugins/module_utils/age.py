@@ -1,0 +1,444 @@
+# Copyright: nixfleet.sops contributors
+# MIT License
+"""age keys: identities, recipients, bech32 and the ssh-to-age conversion.
+
+Vocabulary used across the collection: a *recipient* is an ``age1…`` public
+key, an *identity* is an ``AGE-SECRET-KEY-1…`` private key.
+
+Errors never contain key material: they say what kind of input was wrong and
+where (file, line), not what it contained.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import struct
+from dataclasses import dataclass
+
+RECIPIENT_HRP = "age"
+IDENTITY_HRP = "age-secret-key-"
+_CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+_GENERATOR = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
+
+SSH_KEY_TYPES = {
+    "ssh-ed25519": "ed25519",
+    "ssh-rsa": "RSA",
+    "ssh-dss": "DSA",
+    "ecdsa-sha2-nistp256": "ECDSA",
+    "ecdsa-sha2-nistp384": "ECDSA",
+    "ecdsa-sha2-nistp521": "ECDSA",
+    "sk-ssh-ed25519@openssh.com": "FIDO ed25519-sk",
+    "sk-ecdsa-sha2-nistp256@openssh.com": "FIDO ECDSA-sk",
+}
+_ED25519_ONLY = (
+    "sops-nix and ssh-to-age can only convert ed25519 keys; "
+    "use the host's /etc/ssh/ssh_host_ed25519_key(.pub)"
+)
+
+
+class AgeKeyError(ValueError):
+    """Bad key input. The message names the problem and where, never the key."""
+
+
+# --------------------------------------------------------------------------- bech32
+def _polymod(values: list[int]) -> int:
+    chk = 1
+    for v in values:
+        top = chk >> 25
+        chk = (chk & 0x1FFFFFF) << 5 ^ v
+        for i in range(5):
+            chk ^= _GENERATOR[i] if ((top >> i) & 1) else 0
+    return chk
+
+
+def _hrp_expand(hrp: str) -> list[int]:
+    return [ord(x) >> 5 for x in hrp] + [0] + [ord(x) & 31 for x in hrp]
+
+
+def _convertbits(data: bytes | list[int], frombits: int, tobits: int, pad: bool) -> list[int]:
+    acc = 0
+    bits = 0
+    ret: list[int] = []
+    maxv = (1 << tobits) - 1
+    for value in data:
+        acc = (acc << frombits) | value
+        bits += frombits
+        while bits >= tobits:
+            bits -= tobits
+            ret.append((acc >> bits) & maxv)
+    if pad:
+        if bits:
+            ret.append((acc << (tobits - bits)) & maxv)
+    elif bits >= frombits or ((acc << (tobits - bits)) & maxv):
+        raise AgeKeyError("invalid padding in bech32 data")
+    return ret
+
+
+def bech32_encode(hrp: str, data: bytes) -> str:
+    """Encode ``data`` as bech32 (BIP-173, no length limit, as age does), lower case."""
+    values = _convertbits(data, 8, 5, True)
+    polymod = _polymod(_hrp_expand(hrp) + values + [0] * 6) ^ 1
+    checksum = [(polymod >> 5 * (5 - i)) & 31 for i in range(6)]
+    return hrp + "1" + "".join(_CHARSET[d] for d in values + checksum)
+
+
+def bech32_decode(text: str) -> tuple[str, bytes]:
+    """Decode a bech32 string into (hrp, data); raise AgeKeyError on any defect."""
+    if text.lower() != text and text.upper() != text:
+        raise AgeKeyError("mixed upper and lower case")
+    text = text.lower()
+    pos = text.rfind("1")
+    if pos < 1 or pos + 7 > len(text):
+        raise AgeKeyError("not a bech32 string (separator '1' missing or data too short)")
+    hrp, rest = text[:pos], text[pos + 1 :]
+    if any(ord(c) < 33 or ord(c) > 126 for c in hrp):
+        raise AgeKeyError("invalid characters before the separator")
+    bad = sorted({c for c in rest if c not in _CHARSET})
+    if bad:
+        raise AgeKeyError(f"characters not allowed in bech32: {''.join(bad)!r}")
+    values = [_CHARSET.index(c) for c in rest]
+    if _polymod(_hrp_expand(hrp) + values) != 1:
+        raise AgeKeyError("bech32 checksum does not match (a character is wrong or missing)")
+    return hrp, bytes(_convertbits(values[:-6], 5, 8, False))
+
+
+# --------------------------------------------------------------------------- recipients / identities
+def validate_recipient(recipient: str) -> str:
+    """Return ``recipient`` stripped if it is a valid X25519 ``age1…`` recipient.
+
+    Raises AgeKeyError saying what is wrong (prefix, checksum, length). A raw
+    ``ssh-ed25519`` key gets a hint to convert it, since that is the most
+    common mistake in ``.sops.yaml``.
+    """
+    if not isinstance(recipient, str):
+        raise AgeKeyError(f"an age recipient must be a string, got {type(recipient).__name__}")
+    r = recipient.strip()
+    if r.startswith("ssh-"):
+        raise AgeKeyError(
+            "an SSH public key is not an age recipient sops-nix can use: convert it "
+            "(nixfleet.sops.ssh_to_age) to its age1… form"
+        )
+    if not r.lower().startswith("age1"):
+        raise AgeKeyError(f"an age recipient starts with 'age1', this one starts with {r[:4]!r}")
+    if r != r.lower():
+        raise AgeKeyError("an age recipient must be lower case")
+    try:
+        hrp, data = bech32_decode(r)
+    except AgeKeyError as exc:
+        raise AgeKeyError(f"invalid age recipient {r}: {exc}") from None
+    if hrp != RECIPIENT_HRP:
+        raise AgeKeyError(f"invalid age recipient {r}: wrong prefix {hrp!r}")
+    if len(data) != 32:
+        raise AgeKeyError(f"invalid age recipient {r}: {len(data)} bytes of key, expected 32")
+    return r
+
+
+def is_recipient(text: str) -> bool:
+    """True when ``text`` is a valid ``age1…`` X25519 recipient."""
+    try:
+        validate_recipient(text)
+    except AgeKeyError:
+        return False
+    return True
+
+
+def _identity_bytes(identity: str) -> bytes:
+    ident = identity.strip()
+    if not ident.upper().startswith("AGE-SECRET-KEY-1"):
+        if ident.upper().startswith("AGE-PLUGIN-"):
+            raise AgeKeyError("age plugin identities are not supported")
+        raise AgeKeyError("an age identity starts with 'AGE-SECRET-KEY-1'")
+    try:
+        hrp, data = bech32_decode(ident)
+    except AgeKeyError as exc:
+        # The message from bech32 never quotes the input, so it is safe here.
+        raise AgeKeyError(f"invalid age identity: {exc}") from None
+    if hrp != IDENTITY_HRP:
+        raise AgeKeyError("invalid age identity: wrong prefix")
+    if len(data) != 32:
+        raise AgeKeyError(f"invalid age identity: {len(data)} bytes of key, expected 32")
+    return data
+
+
+def validate_identity(identity: str) -> str:
+    """Return the identity normalised (upper case, stripped) or raise AgeKeyError."""
+    _identity_bytes(identity)
+    return identity.strip().upper()
+
+
+def identity_from_scalar(scalar: bytes) -> str:
+    """Encode a 32-byte X25519 scalar as an ``AGE-SECRET-KEY-1…`` identity."""
+    if len(scalar) != 32:
+        raise AgeKeyError("an X25519 private key is 32 bytes")
+    return bech32_encode(IDENTITY_HRP, scalar).upper()
+
+
+def recipient_from_public_bytes(public: bytes) -> str:
+    """Encode a 32-byte X25519 public key as an ``age1…`` recipient."""
+    if len(public) != 32:
+        raise AgeKeyError("an X25519 public key is 32 bytes")
+    return bech32_encode(RECIPIENT_HRP, public)
+
+
+def recipient_public_bytes(recipient: str) -> bytes:
+    """The 32-byte X25519 public key of a recipient."""
+    return bech32_decode(validate_recipient(recipient))[1]
+
+
+def recipient_from_identity(identity: str) -> str:
+    """Derive the ``age1…`` recipient of an identity."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    scalar = _identity_bytes(identity)
+    public = X25519PrivateKey.from_private_bytes(scalar).public_key().public_bytes_raw()
+    return recipient_from_public_bytes(public)
+
+
+def generate_identity() -> str:
+    """A new random X25519 identity, as age-keygen makes it."""
+    import os
+
+    return identity_from_scalar(os.urandom(32))
+
+
+def format_identity_file(identity: str, created: str | None = None) -> str:
+    """The text of a key file in age-keygen's layout (comments, then the identity)."""
+    import datetime
+
+    when = created or datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    when = when.replace("+00:00", "Z")
+    return (
+        f"# created: {when}\n"
+        f"# public key: {recipient_from_identity(identity)}\n"
+        f"{validate_identity(identity)}\n"
+    )
+
+
+def parse_identities(text: str, source: str = "<input>") -> list[str]:
+    """Parse a key file in age-keygen format: comments, blank lines, several keys, CRLF.
+
+    Returns the identities in order. An empty file, or a line that is neither
+    a comment nor an identity, raises AgeKeyError naming ``source`` and the line
+    number (never the line's content).
+    """
+    identities: list[str] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            identities.append(validate_identity(line))
+        except AgeKeyError as exc:
+            raise AgeKeyError(f"{source}, line {number}: {exc}") from None
+    if not identities:
+        raise AgeKeyError(f"{source}: no age identity found (the file is empty or has only comments)")
+    return identities
+
+
+def read_identity_file(path: str) -> list[str]:
+    """Read and parse an age identity file (see parse_identities)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except UnicodeDecodeError:
+        raise AgeKeyError(f"{path}: not a text file, expected an age key file") from None
+    except OSError as exc:
+        raise AgeKeyError(f"{path}: cannot read key file: {exc.strerror}") from None
+    return parse_identities(text, source=path)
+
+
+# --------------------------------------------------------------------------- ssh-to-age
+_P = 2**255 - 19
+_D = (-121665 * pow(121666, _P - 2, _P)) % _P
+
+
+def _ed25519_to_x25519_public(pk: bytes) -> bytes:
+    """Birational map from the Edwards y coordinate to Montgomery u = (1+y)/(1-y).
+
+    The point must decode on the curve (as filippo.io/edwards25519 and
+    libsodium require); an invalid point is refused, not converted to garbage.
+    """
+    if len(pk) != 32:
+        raise AgeKeyError(f"an ed25519 public key is 32 bytes, this one has {len(pk)}")
+    y = int.from_bytes(pk, "little") & ((1 << 255) - 1)
+    if y >= _P:
+        raise AgeKeyError("the ed25519 public key is not canonical")
+    y2 = y * y % _P
+    num = (y2 - 1) % _P
+    den = (_D * y2 + 1) % _P
+    x2 = num * pow(den, _P - 2, _P) % _P
+    if x2 != 0 and pow(x2, (_P - 1) // 2, _P) != 1:
+        raise AgeKeyError("the ed25519 public key is not a point on the curve")
+    if y == 1:
+        raise AgeKeyError("the ed25519 public key is the identity point")
+    u = (1 + y) * pow((1 - y) % _P, _P - 2, _P) % _P
+    return u.to_bytes(32, "little")
+
+
+def _read_string(blob: bytes, offset: int) -> tuple[bytes, int]:
+    if offset + 4 > len(blob):
+        raise AgeKeyError("truncated SSH key data")
+    (length,) = struct.unpack(">I", blob[offset : offset + 4])
+    end = offset + 4 + length
+    if end > len(blob):
+        raise AgeKeyError("truncated SSH key data")
+    return blob[offset + 4 : end], end
+
+
+def parse_ssh_public_key(text: str) -> tuple[str, bytes, str]:
+    """Parse an SSH public key line: bare, authorized_keys (with options) or known_hosts.
+
+    Returns (key type, raw key blob, comment). Raises AgeKeyError when no key
+    is found or the blob does not match its declared type.
+    """
+    if not isinstance(text, str):
+        raise AgeKeyError(f"an SSH public key must be a string, got {type(text).__name__}")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    if not lines:
+        raise AgeKeyError("no SSH public key found (empty input)")
+    if "PRIVATE KEY" in lines[0]:
+        raise AgeKeyError("this is a private key, a public key was expected")
+    tokens = lines[0].split()
+    for i, token in enumerate(tokens):
+        if token in SSH_KEY_TYPES:
+            if i + 1 >= len(tokens):
+                raise AgeKeyError(f"{token} key without its base64 data")
+            try:
+                blob = base64.b64decode(tokens[i + 1], validate=True)
+            except (binascii.Error, ValueError):
+                raise AgeKeyError(f"the {token} key's base64 data is invalid") from None
+            inner, _ = _read_string(blob, 0)
+            if inner.decode("ascii", "replace") != token:
+                raise AgeKeyError(f"key data says {inner.decode('ascii', 'replace')!r} but the line says {token!r}")
+            return token, blob, " ".join(tokens[i + 2 :])
+    if lines[0].startswith(("age1", "AGE-SECRET-KEY-")):
+        raise AgeKeyError("this is an age key, an SSH ed25519 public key was expected")
+    raise AgeKeyError("no SSH public key found (expected a line like 'ssh-ed25519 AAAA… comment')")
+
+
+def ssh_public_key_to_recipient(text: str) -> str:
+    """ssh-to-age for public keys: an ed25519 SSH public key line to an ``age1…`` recipient.
+
+    Accepts a bare key, an authorized_keys line (options allowed) or a
+    known_hosts line. RSA, ECDSA, DSA and FIDO keys are refused: sops-nix
+    cannot use them as age keys.
+    """
+    keytype, blob, _ = parse_ssh_public_key(text)
+    if keytype != "ssh-ed25519":
+        raise AgeKeyError(f"{SSH_KEY_TYPES[keytype]} key ({keytype}): {_ED25519_ONLY}")
+    _, off = _read_string(blob, 0)
+    pk, _ = _read_string(blob, off)
+    return recipient_from_public_bytes(_ed25519_to_x25519_public(pk))
+
+
+@dataclass(frozen=True)
+class Ed25519Private:
+    """The parts of an OpenSSH ed25519 private key that the collection needs."""
+
+    seed: bytes
+    public: bytes
+    comment: str
+
+
+def load_ssh_private_key(data: bytes | str, passphrase: bytes | str | None = None) -> Ed25519Private:
+    """Load an OpenSSH (or PKCS#8 PEM) private key and insist that it is ed25519.
+
+    Raises AgeKeyError for encrypted keys without (or with a wrong) passphrase,
+    other key types, and anything that does not parse. Never echoes the input.
+    """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
+
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if isinstance(passphrase, str):
+        passphrase = passphrase.encode("utf-8")
+    if not data.strip():
+        raise AgeKeyError("the SSH private key is empty")
+    stripped = data.strip()
+    if stripped.startswith(b"ssh-") or stripped.startswith(b"ecdsa-"):
+        raise AgeKeyError("this is an SSH public key, a private key was expected")
+    if b"-----BEGIN" not in stripped:
+        raise AgeKeyError("not an SSH private key (no OpenSSH or PEM key block found)")
+    if b"-----END" not in stripped:
+        raise AgeKeyError("the SSH private key is truncated (no '-----END' line)")
+    try:
+        if b"OPENSSH PRIVATE KEY" in stripped:
+            key = serialization.load_ssh_private_key(stripped, password=passphrase or None)
+        else:
+            key = serialization.load_pem_private_key(stripped, password=passphrase or None)
+    except TypeError as exc:
+        msg = str(exc).lower()
+        if not passphrase and ("not given" in msg or "not provided" in msg or "protected" in msg or "encrypted" in msg):
+            raise AgeKeyError("the SSH private key is encrypted: give its passphrase") from None
+        if "not encrypted" in msg:
+            raise AgeKeyError("a passphrase was given but the SSH private key is not encrypted") from None
+        raise AgeKeyError("cannot load the SSH private key (wrong passphrase or unsupported format)") from None
+    except ValueError as exc:
+        if passphrase and ("bad decrypt" in str(exc).lower() or "incorrect password" in str(exc).lower()
+                           or "corrupt" in str(exc).lower()):
+            raise AgeKeyError("cannot decrypt the SSH private key: wrong passphrase") from None
+        raise AgeKeyError("the SSH private key does not parse (truncated or corrupt)") from None
+    except UnsupportedAlgorithm:
+        raise AgeKeyError(f"unsupported SSH private key type: {_ED25519_ONLY}") from None
+    if isinstance(key, rsa.RSAPrivateKey):
+        raise AgeKeyError(f"RSA private key: {_ED25519_ONLY}")
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        raise AgeKeyError(f"ECDSA private key: {_ED25519_ONLY}")
+    if isinstance(key, dsa.DSAPrivateKey):
+        raise AgeKeyError(f"DSA private key: {_ED25519_ONLY}")
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise AgeKeyError(f"{type(key).__name__}: {_ED25519_ONLY}")
+    seed = key.private_bytes_raw()
+    public = key.public_key().public_bytes_raw()
+    return Ed25519Private(seed=seed, public=public, comment=_openssh_comment(stripped, passphrase))
+
+
+def _openssh_comment(pem: bytes, passphrase: bytes | None) -> str:
+    """The comment stored inside an unencrypted OpenSSH key ('' when not readable)."""
+    if b"OPENSSH PRIVATE KEY" not in pem or passphrase:
+        return ""
+    try:
+        body = b"".join(ln.strip() for ln in pem.splitlines() if ln and not ln.startswith(b"-----"))
+        blob = base64.b64decode(body)
+        off = len(b"openssh-key-v1\x00")
+        cipher, off = _read_string(blob, off)
+        if cipher != b"none":
+            return ""
+        _, off = _read_string(blob, off)  # kdfname
+        _, off = _read_string(blob, off)  # kdfoptions
+        off += 4  # number of keys
+        _, off = _read_string(blob, off)  # public key
+        priv, _ = _read_string(blob, off)
+        p = 8  # two check ints
+        _, p = _read_string(priv, p)  # key type
+        _, p = _read_string(priv, p)  # public
+        _, p = _read_string(priv, p)  # private
+        comment, _ = _read_string(priv, p)
+        return comment.decode("utf-8", "replace")
+    except (AgeKeyError, binascii.Error, ValueError):
+        return ""
+
+
+def x25519_scalar_from_ed25519_seed(seed: bytes) -> bytes:
+    """ssh-to-age's private conversion: the first half of SHA-512(seed), not clamped.
+
+    This is byte-for-byte what ssh-to-age (and so sops-nix) writes; X25519
+    clamps on use, so it is the same key libsodium's clamped form describes.
+    """
+    return hashlib.sha512(seed).digest()[:32]
+
+
+def ssh_private_key_to_identity(data: bytes | str, passphrase: bytes | str | None = None) -> str:
+    """ssh-to-age for private keys: an OpenSSH ed25519 private key to an ``AGE-SECRET-KEY-1…`` identity."""
+    key = load_ssh_private_key(data, passphrase)
+    return identity_from_scalar(x25519_scalar_from_ed25519_seed(key.seed))
+
+
+def ssh_private_key_to_recipient(data: bytes | str, passphrase: bytes | str | None = None) -> str:
+    """The ``age1…`` recipient of an OpenSSH ed25519 private key (via its public half)."""
+    key = load_ssh_private_key(data, passphrase)
+    return recipient_from_public_bytes(_ed25519_to_x25519_public(key.public))

@@ -1,0 +1,140 @@
+# Copyright: nixfleet.sops contributors
+# MIT License
+"""Filesystem helpers every writer in the collection goes through.
+
+Nothing is lost: a write lands either whole or not at all (temp file in the
+same directory, fsync, rename, fsync of the directory) and keeps the mode and
+owner of the file it replaces. Private material lives in 0700 directories that
+are removed when done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock; the message names the holder."""
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: bytes | str, mode: int | None = None, default_mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically.
+
+    The temp file is created in the same directory, fsynced and renamed over
+    ``path``. An existing file's mode and owner are kept unless ``mode`` is
+    given; a new file gets ``mode`` or ``default_mode``. On any failure the
+    temp file is removed and ``path`` is left as it was.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
+            elif st is not None:
+                os.fchmod(fh.fileno(), stat.S_IMODE(st.st_mode))
+            else:
+                os.fchmod(fh.fileno(), default_mode)
+            if st is not None and (os.geteuid() == 0 or st.st_uid == os.geteuid()):
+                with contextlib.suppress(PermissionError):
+                    os.fchown(fh.fileno(), st.st_uid, st.st_gid)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def ensure_private_dir(path: str, mode: int = 0o700) -> bool:
+    """Create ``path`` (and parents) with ``mode`` when missing; return True when created.
+
+    An existing directory is left as it is: it may belong to the user.
+    """
+    if os.path.isdir(path):
+        return False
+    parent = os.path.dirname(os.path.abspath(path))
+    if parent and not os.path.isdir(parent):
+        ensure_private_dir(parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return False
+    os.chmod(path, mode)  # umask may have masked bits
+    return True
+
+
+@contextlib.contextmanager
+def private_tempdir(prefix: str = "nixfleet-", parent: str | None = None) -> Iterator[str]:
+    """A 0700 temporary directory that is removed on exit, also on error."""
+    path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    os.chmod(path, 0o700)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def repo_lock(directory: str, name: str = ".nixfleet-sops.lock", purpose: str = "") -> Iterator[str]:
+    """Hold an exclusive, non-blocking lock on ``directory``.
+
+    The lock file records who holds it (host, pid, start time, purpose) so the
+    error a second run sees names the holder. The kernel releases the lock when
+    the holder dies, so a killed run never leaves the repository locked.
+    """
+    lock_path = os.path.join(directory, name)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown holder"
+            raise LockedError(
+                f"{directory} is locked by another nixfleet.sops run ({holder}); "
+                f"wait for it to finish, or remove {lock_path} if that process is gone"
+            ) from None
+        info = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        if purpose:
+            info += f" ({purpose})"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+        yield lock_path
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)

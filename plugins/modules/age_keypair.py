@@ -1,0 +1,121 @@
+#!/usr/bin/python
+# Copyright: nixfleet.sops contributors
+# MIT License
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: age_keypair
+short_description: Ensure an age identity file (age-keygen format) and return its recipient
+version_added: "0.1.0"
+description:
+  - Creates an X25519 age identity file at O(path) in the layout C(age-keygen) writes
+    (comment lines with the creation date and public key, then the C(AGE-SECRET-KEY-1…) line).
+  - An existing valid file is kept; the module returns its recipient. An existing file that does
+    not parse is reported and left untouched unless O(regenerate=always).
+  - With O(ssh_key_path), the identity is derived from an ed25519 SSH private key with the
+    ssh-to-age conversion, as sops-nix does for C(/var/lib/sops-nix/key.txt).
+  - The file is written atomically with mode C(0600); a parent directory the module creates gets C(0700).
+  - The identity is never returned, logged or shown in a diff.
+options:
+  path:
+    description: Path of the identity file.
+    type: path
+    required: true
+  state:
+    description: Whether the file should exist.
+    type: str
+    choices: [present, absent]
+    default: present
+  regenerate:
+    description:
+      - V(never) keeps an existing identity. V(always) writes a new one on every run
+        (not idempotent; use it for deliberate rotation).
+    type: str
+    choices: [never, always]
+    default: never
+  ssh_key_path:
+    description:
+      - Derive the identity from this unencrypted ed25519 OpenSSH private key instead of generating one.
+      - RSA, ECDSA and DSA keys are refused, since sops-nix cannot convert them.
+    type: path
+  mode:
+    description: Mode of the identity file. Defaults to C(0600) and is enforced.
+    type: raw
+    default: "0600"
+extends_documentation_fragment:
+  - ansible.builtin.files
+attributes:
+  check_mode:
+    support: full
+    description: Reports the same C(changed) as a real run and writes nothing.
+  diff_mode:
+    support: full
+    description: Shows the recipient before and after; never the identity.
+  idempotent:
+    support: full
+    description: Idempotent unless O(regenerate=always).
+author: nixfleet maintainers
+"""
+
+EXAMPLES = r"""
+- name: Per-host user age key
+  nixfleet.sops.age_keypair:
+    path: "{{ staging }}/home/rain/.config/sops/age/keys.txt"
+  register: user_key
+
+- name: sops-nix key derived from the host's SSH key
+  nixfleet.sops.age_keypair:
+    path: /var/lib/sops-nix/key.txt
+    ssh_key_path: /etc/ssh/ssh_host_ed25519_key
+"""
+
+RETURN = r"""
+recipient:
+  description: The C(age1…) recipient of the identity (absent when O(state=absent)).
+  returned: when state is present
+  type: str
+  sample: age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+path:
+  description: The identity file.
+  returned: always
+  type: str
+actions:
+  description: What the module did or, in check mode, would do (paths only).
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.nixfleet.sops.plugins.module_utils.age import AgeKeyError
+from ansible_collections.nixfleet.sops.plugins.module_utils.keypairs import ensure_age_keypair
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            regenerate=dict(type="str", choices=["never", "always"], default="never"),
+            ssh_key_path=dict(type="path"),
+            mode=dict(type="raw", default="0600"),
+        ),
+        supports_check_mode=True,
+        add_file_common_args=True,
+    )
+    p = module.params
+    try:
+        res = ensure_age_keypair(p["path"], p["state"], p["regenerate"], p["ssh_key_path"], module.check_mode)
+    except (AgeKeyError, OSError) as exc:
+        module.fail_json(msg=str(exc), path=p["path"])
+    changed = res.changed
+    if p["state"] == "present" and (not module.check_mode or not res.changed):
+        changed = module.set_fs_attributes_if_different(module.load_file_common_arguments(p), changed)
+    out = dict(changed=changed, path=p["path"], actions=res.actions, **res.public)
+    if module._diff:
+        out["diff"] = res.diff()
+    module.exit_json(**out)
+
+
+if __name__ == "__main__":
+    main()
