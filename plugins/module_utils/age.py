@@ -207,7 +207,7 @@ def format_identity_file(identity: str, created: str | None = None) -> str:
     """The text of a key file in age-keygen's layout (comments, then the identity)."""
     import datetime
 
-    when = created or datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    when = created or datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
     when = when.replace("+00:00", "Z")
     return (
         f"# created: {when}\n"

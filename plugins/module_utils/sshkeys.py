@@ -68,7 +68,8 @@ def encode_private_key(seed: bytes, public: bytes, comment: str = "") -> bytes:
     body += _string(pub_blob) + _string(private)
     b64 = base64.b64encode(body).decode("ascii")
     lines = [b64[i : i + 70] for i in range(0, len(b64), 70)]
-    return ("-----BEGIN OPENSSH PRIVATE KEY-----\n" + "\n".join(lines) + "\n-----END OPENSSH PRIVATE KEY-----\n").encode()
+    armor = "-----BEGIN OPENSSH PRIVATE KEY-----\n" + "\n".join(lines) + "\n-----END OPENSSH PRIVATE KEY-----\n"
+    return armor.encode()
 
 
 def generate(comment: str = "") -> Ed25519Keypair:
@@ -78,7 +79,9 @@ def generate(comment: str = "") -> Ed25519Keypair:
     key = Ed25519PrivateKey.generate()
     seed = key.private_bytes_raw()
     public = key.public_key().public_bytes_raw()
-    return Ed25519Keypair(private_pem=encode_private_key(seed, public, comment), public_line=public_line(public, comment))
+    return Ed25519Keypair(
+        private_pem=encode_private_key(seed, public, comment), public_line=public_line(public, comment)
+    )
 
 
 def from_private(data: bytes | str, passphrase: bytes | str | None = None) -> Ed25519Keypair:

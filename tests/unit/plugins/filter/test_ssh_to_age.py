@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ansible_collections.nixfleet.sops.plugins.module_utils import age, sshkeys
+
 from tests.lib.runner import run_module
 
 
 def _template(pub: str):
-    return run_module("ansible.builtin.debug", {"msg": "{{ '%s' | nixfleet.sops.ssh_to_age }}" % pub})
+    return run_module("ansible.builtin.debug", {"msg": "{{ '" + pub + "' | nixfleet.sops.ssh_to_age }}"})
 
 
 def test_filter_converts():

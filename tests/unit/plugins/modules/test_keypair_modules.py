@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 from ansible_collections.nixfleet.sops.plugins.module_utils import age
+
 from tests.lib.runner import run_module
 
 SECRET_MARKERS = ("AGE-SECRET-KEY-", "PRIVATE KEY")
@@ -63,7 +64,8 @@ def test_age_keypair_derives_sops_nix_key_from_host_key(tmp_path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host)], check=True)
     res = run_module("age_keypair", {"path": str(tmp_path / "key.txt"), "ssh_key_path": str(host)})
     assert res.changed
-    assert res.result["recipient"] == age.ssh_public_key_to_recipient((tmp_path / "ssh_host_ed25519_key.pub").read_text())
+    pub = (tmp_path / "ssh_host_ed25519_key.pub").read_text()
+    assert res.result["recipient"] == age.ssh_public_key_to_recipient(pub)
     again = run_module("age_keypair", {"path": str(tmp_path / "key.txt"), "ssh_key_path": str(host)})
     assert not again.changed
     _assert_no_secrets(res)
