@@ -1,0 +1,105 @@
+#!/usr/bin/python
+# Copyright: nixfleet.sops contributors
+# MIT License
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: sops_key_inventory
+short_description: Record a key in the secrets repository's key inventory
+version_added: "0.1.0"
+description:
+  - "Keeps C(.nixfleet/keys.yaml) in the secrets repository: for each key the collection created, its
+    anchor, kind (host, user, deploy, break-glass, admin), public part and creation date."
+  - The audit (M(nixfleet.sops.sops_audit)) compares the dates with a policy of maximum ages.
+  - Public data only. Recording the same key again changes nothing; a new recipient for a known
+    anchor resets its date.
+options:
+  repo:
+    description: The secrets repository.
+    type: path
+    required: true
+  anchor:
+    description: The key's anchor in C(.sops.yaml) (for deploy keys, C(<host>-<repo>)).
+    type: str
+    required: true
+  kind:
+    description: What the key is for.
+    type: str
+    choices: [host, user, deploy, break-glass, admin]
+  recipient:
+    description: The C(age1…) recipient, or for deploy keys the SSH public key line.
+    type: str
+  host:
+    description: The host the key belongs to.
+    type: str
+  state:
+    description: V(absent) removes every entry for O(anchor).
+    type: str
+    choices: [present, absent]
+    default: present
+attributes:
+  check_mode:
+    support: full
+    description: Reports the same C(changed) and writes nothing.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    description: Recording the same key twice changes nothing.
+author: nixfleet maintainers
+"""
+
+EXAMPLES = r"""
+- name: Record griefling's host key
+  nixfleet.sops.sops_key_inventory:
+    repo: "{{ secrets_repo }}"
+    anchor: griefling
+    kind: host
+    recipient: "{{ host_key.age_recipient }}"
+    host: griefling
+"""
+
+RETURN = r"""
+path:
+  description: The inventory file.
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.nixfleet.sops.plugins.module_utils.age import AgeKeyError
+from ansible_collections.nixfleet.sops.plugins.module_utils.keyinventory import (
+    InventoryError,
+    inventory_file,
+    record,
+    remove,
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            repo=dict(type="path", required=True),
+            anchor=dict(type="str", required=True),
+            kind=dict(type="str", choices=["host", "user", "deploy", "break-glass", "admin"]),
+            recipient=dict(type="str"),
+            host=dict(type="str"),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+        ),
+        required_if=[("state", "present", ("kind", "recipient"))],
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        if p["state"] == "absent":
+            changed = remove(p["repo"], p["anchor"], module.check_mode)
+        else:
+            changed = record(p["repo"], p["anchor"], p["kind"], p["recipient"], p["host"],
+                             check_mode=module.check_mode)
+    except (InventoryError, AgeKeyError, OSError) as exc:
+        module.fail_json(msg=f"{inventory_file(p['repo'])}: {exc}" if isinstance(exc, AgeKeyError) else str(exc))
+    module.exit_json(changed=changed, path=inventory_file(p["repo"]))
+
+
+if __name__ == "__main__":
+    main()
