@@ -1,0 +1,190 @@
+#!/usr/bin/python
+# Copyright: nixfleet.sops contributors
+# MIT License
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: sops_creation_rule
+short_description: Declare a creation rule of .sops.yaml
+version_added: "0.1.0"
+description:
+  - Ensures the creation rule for a C(path_regex) exists in a C(.sops.yaml) and names the given anchors
+    as age recipients, or that it is gone.
+  - A new rule is inserted before the first catch-all rule (one without C(path_regex)), since sops uses
+    the first rule that matches; otherwise it is appended. It copies the layout of the existing rules
+    (plain C(age:) list or C(key_groups:), indentation, quoting).
+  - Edits are surgical; comments, blank lines, key order, quoting and other rule fields such as
+    C(encrypted_regex) or C(pgp) are kept. Files encrypted before the change are not rekeyed.
+options:
+  path:
+    description: Path of the C(.sops.yaml) to edit.
+    type: path
+    required: true
+  path_regex:
+    description:
+      - The rule's C(path_regex), exactly as written in the file; it identifies the rule.
+      - Go RE2 syntax, matched (unanchored) against the file path relative to the directory of O(path).
+        Patterns RE2 rejects or that Python would read differently (lookarounds, backreferences, C(\Z)) fail.
+    type: str
+    required: true
+  anchors:
+    description:
+      - Anchors (defined with M(nixfleet.sops.sops_recipient)) that must be age recipients of the rule.
+      - Required to create a rule. New members go to the first key group.
+    type: list
+    elements: str
+    default: []
+  exclusive:
+    description:
+      - If V(true), the rule's age recipients become exactly O(anchors) (others are removed).
+        If V(false), O(anchors) are only added.
+    type: bool
+    default: false
+  key_groups:
+    description:
+      - Anchors per key group, for rules that use several key groups (with O(shamir_threshold)).
+        Members of each group become exactly these anchors. The number of groups of an existing rule
+        cannot be changed. Mutually exclusive with O(anchors).
+      - Left untouched when not given.
+    type: list
+    elements: list
+  shamir_threshold:
+    description: Number of key groups needed to decrypt. Left untouched when not given.
+    type: int
+  state:
+    description: Whether the rule should exist.
+    type: str
+    choices: [present, absent]
+    default: present
+  create:
+    description: Create O(path) when it does not exist (O(state=present) only).
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    description: Computes the same C(changed) as a real run and writes nothing.
+  diff_mode:
+    support: full
+    description: Returns the whole C(.sops.yaml) before and after (it holds only public keys).
+author: nixfleet maintainers
+"""
+
+EXAMPLES = r"""
+- name: Secrets of griefling are readable by the admin, its user key and its host key
+  nixfleet.sops.sops_creation_rule:
+    path: "{{ nix_secrets_dir }}/.sops.yaml"
+    path_regex: 'sops/griefling\.yaml$'
+    anchors: [ta, ta_griefling, griefling]
+    exclusive: true
+
+- name: Vault secrets need two of three key groups
+  nixfleet.sops.sops_creation_rule:
+    path: "{{ nix_secrets_dir }}/.sops.yaml"
+    path_regex: 'secrets/vault/.*\.yaml$'
+    key_groups: [[alice, bob], [vault], [break-glass]]
+    shamir_threshold: 2
+
+- name: Drop the rule of a decommissioned host
+  nixfleet.sops.sops_creation_rule:
+    path: "{{ nix_secrets_dir }}/.sops.yaml"
+    path_regex: 'sops/ghost\.yaml$'
+    state: absent
+"""
+
+RETURN = r"""
+path:
+  description: The edited file.
+  returned: always
+  type: str
+rule:
+  description: The rule afterwards (absent when removed).
+  returned: success and state=present
+  type: dict
+  contains:
+    path_regex:
+      description: The rule's path_regex.
+      type: str
+    anchors:
+      description: Anchors the rule refers to.
+      type: list
+      elements: str
+    recipients:
+      description: Age recipients, flattened over key groups.
+      type: list
+      elements: str
+    key_groups:
+      description: Age recipients per key group.
+      type: list
+      elements: list
+    shamir_threshold:
+      description: The rule's shamir_threshold, if set.
+      type: int
+diff:
+  description: Whole file before and after, in diff mode.
+  returned: in diff mode
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig, SopsConfigError
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "path": {"type": "path", "required": True},
+            "path_regex": {"type": "str", "required": True},
+            "anchors": {"type": "list", "elements": "str", "default": []},
+            "exclusive": {"type": "bool", "default": False},
+            "key_groups": {"type": "list", "elements": "list"},
+            "shamir_threshold": {"type": "int"},
+            "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+            "create": {"type": "bool", "default": False},
+        },
+        mutually_exclusive=[("anchors", "key_groups")],
+        supports_check_mode=True,
+    )
+    p = module.params
+    path = p["path"]
+    try:
+        config = SopsConfig.load(path, missing_ok=p["create"] and p["state"] == "present")
+        before = config.text
+        key_groups = [[str(a) for a in g] for g in p["key_groups"]] if p["key_groups"] is not None else None
+        config.ensure_rule(
+            p["path_regex"],
+            p["anchors"],
+            state=p["state"],
+            exclusive=p["exclusive"],
+            shamir_threshold=p["shamir_threshold"],
+            key_groups=key_groups,
+        )
+        changed = config.changed
+        if changed and not module.check_mode:
+            config.save()
+        rule = config.find_rule(p["path_regex"])
+    except (SopsConfigError, OSError) as exc:
+        msg = str(exc)
+        if isinstance(exc, OSError) and exc.filename is None:
+            msg = f"cannot write {path}: {exc.strerror or exc}"
+        module.fail_json(msg=msg if path in msg else f"{path}: {msg}", path=path, path_regex=p["path_regex"])
+    except Exception as exc:  # a bug must still read as one line, not a traceback
+        module.fail_json(
+            msg=f"{path}: unexpected error ({type(exc).__name__}): {exc}", path=path, path_regex=p["path_regex"]
+        )
+    result = {"changed": changed, "path": path}
+    if rule is not None:
+        result["rule"] = {
+            "path_regex": rule.path_regex,
+            "anchors": rule.anchors,
+            "recipients": rule.recipients,
+            "key_groups": rule.key_groups,
+            "shamir_threshold": rule.shamir_threshold,
+        }
+    if module._diff:
+        result["diff"] = {"before": before, "after": config.text, "before_header": path, "after_header": path}
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
