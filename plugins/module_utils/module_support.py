@@ -1,0 +1,65 @@
+# Copyright: nixfleet.sops contributors
+# MIT License
+"""What every module of the collection does the same way: turn errors into one clear line.
+
+Known errors carry messages written for the user (file, key or host, and what
+to do). Anything else is reported by type and message, never as a traceback.
+None of the collection's errors contain key material, so messages can be shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from .age import AgeKeyError
+    from .fsutil import LockedError
+    from .keyinventory import InventoryError
+    from .vcs import VcsError
+
+    errors: list[type[BaseException]] = [AgeKeyError, LockedError, InventoryError, VcsError]
+    try:
+        from .sops import SopsError
+        from .sops_config import SopsConfigError
+
+        errors += [SopsError, SopsConfigError]
+    except ImportError:  # pragma: no cover - the controller always has them
+        pass
+    try:
+        from .fleet import FleetError
+
+        errors.append(FleetError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def one_line(exc: BaseException) -> str:
+    """The error as a single line, with its path when the exception carries one separately."""
+    msg = " ".join(str(exc).split())
+    path = getattr(exc, "path", None)
+    if path and path not in msg:
+        msg = f"{path}: {msg}"
+    return msg
+
+
+def run_guarded(module: Any, work: Callable[[], T], **fail_extra: Any) -> T:
+    """Run ``work``; on error call ``module.fail_json`` with one clear line (and ``fail_extra``)."""
+    try:
+        return work()
+    except _known_errors() as exc:
+        extra = dict(fail_extra)
+        files = getattr(exc, "files", None)
+        if files:
+            extra["files"] = files
+        module.fail_json(msg=one_line(exc), **extra)
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        module.fail_json(msg=f"{where}{exc.strerror or exc}", **fail_extra)
+    except Exception as exc:  # noqa: BLE001 - a module must never end in a traceback
+        module.fail_json(msg=f"unexpected {type(exc).__name__}: {one_line(exc)}", **fail_extra)
+    raise AssertionError("fail_json returned")  # pragma: no cover

@@ -1,0 +1,142 @@
+#!/usr/bin/python
+# Copyright: nixfleet.sops contributors
+# MIT License
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: sops_rekey
+short_description: Bring every sops file to the recipients its creation rule names
+version_added: "0.1.0"
+description:
+  - The fleet-wide C(sops updatekeys -y), in one process and without the sops binary.
+  - Finds every sops file under O(repo) (files that are not sops-encrypted are skipped and listed),
+    matches each to its creation rule in C(.sops.yaml) exactly as sops does, and re-wraps the data
+    key of only the files whose recipients differ. Values, C(mac) and C(lastmodified) stay as they
+    were; files that need nothing are not touched (bytes and mtime unchanged).
+  - Plans first. If any file that needs a change cannot be opened with the available identities,
+    nothing is written and the error lists those files, unless O(continue_on_error=true).
+  - Every write is atomic; a run killed at any moment leaves each file either old or new.
+  - Holds a lock on the repository while writing; a second run fails with a message naming the holder.
+options:
+  repo:
+    description: The secrets repository (the directory holding C(.sops.yaml)).
+    type: path
+    required: true
+  include:
+    description: Only consider files whose path (relative to O(repo)) matches one of these regexes.
+    type: list
+    elements: str
+    default: []
+  identity_files:
+    description:
+      - Files with identities that can open the files (age key files, or ed25519 OpenSSH private keys).
+      - When neither this nor O(age_keys) is given, identities are searched as sops does
+        (C(SOPS_AGE_KEY), C(SOPS_AGE_KEY_FILE), C(SOPS_AGE_KEY_CMD), C(SOPS_AGE_SSH_PRIVATE_KEY_FILE),
+        C(~/.config/sops/age/keys.txt)).
+    type: list
+    elements: path
+    default: []
+  age_keys:
+    description: Literal C(AGE-SECRET-KEY-1…) identities. Never logged.
+    type: list
+    elements: str
+    default: []
+  continue_on_error:
+    description: Rekey the files that can be opened and list the others as failed, instead of writing nothing.
+    type: bool
+    default: false
+  workers:
+    description: Processes to use; default is one per core (used only when there are many files).
+    type: int
+attributes:
+  check_mode:
+    support: full
+    description: Lists per file the recipients that would be added and removed; writes nothing.
+  diff_mode:
+    support: full
+    description: Shows recipients removed (before) and added (after) per file.
+  idempotent:
+    support: full
+    description: A second run finds every file in step and changes nothing.
+author: nixfleet maintainers
+"""
+
+EXAMPLES = r"""
+- name: Rekey the whole secrets repository
+  nixfleet.sops.sops_rekey:
+    repo: "{{ nixfleet_secrets_repo }}"
+  register: rekey
+
+- name: Commit what changed
+  nixfleet.sops.vcs_commit:
+    repo: "{{ nixfleet_secrets_repo }}"
+    paths: "{{ rekey.changed_files }}"
+    message: "chore(sops): rekey {{ rekey.changed_files | length }} files"
+  when: rekey.changed
+"""
+
+RETURN = r"""
+changed_files:
+  description: Files rekeyed (or that would be, in check mode), relative to O(repo).
+  returned: always
+  type: list
+  elements: str
+changes:
+  description: Per changed file, the rule and the recipients added and removed (with their anchor names).
+  returned: always
+  type: list
+  elements: dict
+failed_files:
+  description: Files that could not be rekeyed, with the reason (only with O(continue_on_error)).
+  returned: always
+  type: list
+  elements: dict
+skipped_files:
+  description: Files left alone and why (not sops-encrypted, no matching rule).
+  returned: always
+  type: list
+  elements: dict
+counts:
+  description: Numbers of sops files, changed, unchanged, failed, not_sops and no_rule files.
+  returned: always
+  type: dict
+"""
+
+from contextlib import nullcontext
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.nixfleet.sops.plugins.module_utils import fleet
+from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_lock
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import run_guarded
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            repo=dict(type="path", required=True),
+            include=dict(type="list", elements="str", default=[]),
+            identity_files=dict(type="list", elements="path", default=[]),
+            age_keys=dict(type="list", elements="str", default=[], no_log=True),
+            continue_on_error=dict(type="bool", default=False),
+            workers=dict(type="int"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+
+    def work():
+        ids = fleet.collect_identities(p["identity_files"], p["age_keys"])
+        with repo_lock(p["repo"], purpose="sops_rekey") if not module.check_mode else nullcontext():
+            return fleet.rekey(p["repo"], ids, p["include"], module.check_mode, p["continue_on_error"], p["workers"])
+
+    res = run_guarded(module, work)
+    out = dict(changed=bool(res.changed_files), **res.as_dict())
+    if module._diff:
+        out["diff"] = fleet.changes_diff(res.changes, p["repo"])
+    if res.failed and not p["continue_on_error"]:
+        module.fail_json(msg="rekey failed for: " + ", ".join(f["path"] for f in res.failed), **out)
+    module.exit_json(**out)
+
+
+if __name__ == "__main__":
+    main()

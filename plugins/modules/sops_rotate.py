@@ -1,0 +1,133 @@
+#!/usr/bin/python
+# Copyright: nixfleet.sops contributors
+# MIT License
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: sops_rotate
+short_description: Rotate the data key of sops files (sops rotate semantics)
+version_added: "0.1.0"
+description:
+  - Gives each selected file a new data key, re-encrypts every value under it and writes a new
+    C(mac) and C(lastmodified), keeping the file's recipients. Without the sops binary.
+  - Selects all sops files under O(repo), those whose path matches O(path_regex), or those a given
+    O(recipient) (or the recipient of O(anchor)) can read; the selectors combine.
+  - Use it after removing a recipient (M(nixfleet.sops.sops_rekey)), so that a copy of an old file
+    plus the removed key no longer opens the current one.
+  - Plans first; if a selected file cannot be opened nothing is written, unless O(continue_on_error=true).
+  - Rotation is not idempotent by nature; the module changes exactly the selected files on every run.
+options:
+  repo:
+    description: The secrets repository (the directory holding C(.sops.yaml)).
+    type: path
+    required: true
+  path_regex:
+    description: Only files whose path relative to O(repo) matches this regex.
+    type: str
+  recipient:
+    description: Only files that this C(age1…) recipient can read.
+    type: str
+  anchor:
+    description: Only files that the recipient of this C(.sops.yaml) anchor can read.
+    type: str
+  identity_files:
+    description: Identity files (age key files or ed25519 OpenSSH keys); default is sops' own search.
+    type: list
+    elements: path
+    default: []
+  age_keys:
+    description: Literal C(AGE-SECRET-KEY-1…) identities. Never logged.
+    type: list
+    elements: str
+    default: []
+  continue_on_error:
+    description: Rotate what can be opened and list the rest as failed.
+    type: bool
+    default: false
+  workers:
+    description: Processes to use; default is one per core.
+    type: int
+attributes:
+  check_mode:
+    support: full
+    description: Lists the files that would be rotated; writes nothing.
+  diff_mode:
+    support: full
+    description: Names the files whose data key changes (never a key).
+  idempotent:
+    support: none
+    description: Every run rotates the selected files again.
+author: nixfleet maintainers
+"""
+
+EXAMPLES = r"""
+- name: Rotate the data keys of every file griefling could read
+  nixfleet.sops.sops_rotate:
+    repo: "{{ nixfleet_secrets_repo }}"
+    anchor: griefling
+"""
+
+RETURN = r"""
+changed_files:
+  description: Files rotated (or that would be), relative to O(repo).
+  returned: always
+  type: list
+  elements: str
+failed_files:
+  description: Files that could not be rotated, with the reason.
+  returned: always
+  type: list
+  elements: dict
+skipped_files:
+  description: Files left alone and why.
+  returned: always
+  type: list
+  elements: dict
+counts:
+  description: Numbers of sops files, changed, failed and not_sops files.
+  returned: always
+  type: dict
+"""
+
+from contextlib import nullcontext
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.nixfleet.sops.plugins.module_utils import fleet
+from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_lock
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import run_guarded
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            repo=dict(type="path", required=True),
+            path_regex=dict(type="str"),
+            recipient=dict(type="str"),
+            anchor=dict(type="str"),
+            identity_files=dict(type="list", elements="path", default=[]),
+            age_keys=dict(type="list", elements="str", default=[], no_log=True),
+            continue_on_error=dict(type="bool", default=False),
+            workers=dict(type="int"),
+        ),
+        mutually_exclusive=[("recipient", "anchor")],
+        supports_check_mode=True,
+    )
+    p = module.params
+
+    def work():
+        ids = fleet.collect_identities(p["identity_files"], p["age_keys"])
+        with repo_lock(p["repo"], purpose="sops_rotate") if not module.check_mode else nullcontext():
+            return fleet.rotate(p["repo"], ids, p["path_regex"], p["recipient"], p["anchor"], module.check_mode,
+                                p["continue_on_error"], p["workers"])
+
+    res = run_guarded(module, work)
+    out = dict(changed=bool(res.changed_files), **res.as_dict())
+    if module._diff:
+        out["diff"] = fleet.changes_diff(res.changes, p["repo"])
+    if res.failed and not p["continue_on_error"]:
+        module.fail_json(msg="rotate failed for: " + ", ".join(f["path"] for f in res.failed), **out)
+    module.exit_json(**out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""fleet.py: rekey and rotate a secrets repository, plan first, all or nothing."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from ansible_collections.nixfleet.sops.plugins.module_utils import age, fleet, fsutil
+from ansible_collections.nixfleet.sops.plugins.module_utils import sops as engine
+from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig
+
+from tests.lib.secrets_repo import make_repo, sops_decrypt
+
+
+def _state(repo):
+    out = {}
+    for rel in fleet.iter_candidate_files(repo.path):
+        p = repo.file(rel)
+        st = os.stat(p)
+        out[rel] = (st.st_mtime_ns, open(p, "rb").read())
+    out[".sops.yaml"] = open(repo.file(".sops.yaml"), "rb").read()
+    return out
+
+
+def _add_member(repo, regex, anchor, recipient, group="users"):
+    cfg = SopsConfig.load(repo.file(".sops.yaml"))
+    cfg.ensure_recipient(anchor, recipient, group=group)
+    cfg.ensure_rule_member(regex, anchor)
+    cfg.save()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return make_repo(str(tmp_path), hosts=("alpha", "beta", "gamma"))
+
+
+def test_rekey_adds_recipient_only_where_the_rule_says(repo, sops_bin):
+    newcomer = age.generate_identity()
+    repo.identities["newcomer"] = newcomer
+    _add_member(repo, r"sops/shared\.yaml$", "newcomer", age.recipient_from_identity(newcomer))
+    before = _state(repo)
+    res = fleet.rekey(repo.path, [repo.identities["admin"]])
+    assert res.changed_files == ["sops/shared.yaml"]
+    assert res.changes[0]["added"] == [f"newcomer ({age.recipient_from_identity(newcomer)})"]
+    after = _state(repo)
+    for rel in before:
+        if rel != "sops/shared.yaml":
+            assert after[rel] == before[rel], f"{rel} was touched"
+    out = sops_decrypt(sops_bin, repo.file("sops/shared.yaml"), repo.keyfile("newcomer"))
+    assert out.returncode == 0, out.stderr
+    assert "hunter2" in out.stdout
+    again = fleet.rekey(repo.path, [repo.identities["admin"]])
+    assert again.changed_files == [] and again.counts["changed"] == 0
+    assert _state(repo) == after
+
+
+def test_updatekeys_keeps_values_mac_and_lastmodified(repo):
+    r = age.recipient_from_identity(age.generate_identity())
+    _add_member(repo, r"sops/alpha(-\d+)?\.yaml$", "other", r)
+    old = engine.load(repo.file("sops/alpha.yaml")).metadata
+    fleet.rekey(repo.path, [repo.identities["admin"]])
+    new = engine.load(repo.file("sops/alpha.yaml")).metadata
+    assert (old.mac, old.lastmodified) == (new.mac, new.lastmodified)
+    assert r in new.recipients[0]
+
+
+def test_check_mode_lists_changes_and_writes_nothing(repo):
+    _add_member(repo, r"sops/beta(-\d+)?\.yaml$", "x", age.recipient_from_identity(age.generate_identity()))
+    before = _state(repo)
+    res = fleet.rekey(repo.path, [repo.identities["admin"]], check_mode=True)
+    assert res.changed_files == ["sops/beta.yaml"]
+    assert res.changes[0]["added"][0].startswith("x (age1")
+    assert _state(repo) == before
+
+
+def test_unopenable_file_stops_everything(repo):
+    # Two files need a change; only host beta's key is given, which opens beta.yaml but not shared.yaml?
+    # shared.yaml lists beta too, so use gamma's file: beta cannot open gamma.yaml.
+    r = age.recipient_from_identity(age.generate_identity())
+    _add_member(repo, r"sops/beta(-\d+)?\.yaml$", "x", r)
+    cfg = SopsConfig.load(repo.file(".sops.yaml"))
+    cfg.ensure_rule_member(r"sops/gamma(-\d+)?\.yaml$", "x")
+    cfg.save()
+    before = _state(repo)
+    with pytest.raises(fleet.FleetError) as err:
+        fleet.rekey(repo.path, [repo.identities["beta"]])
+    assert "sops/gamma.yaml" in str(err.value) and "nothing was written" in str(err.value)
+    assert "AGE-SECRET-KEY" not in str(err.value)
+    assert _state(repo) == before
+    res = fleet.rekey(repo.path, [repo.identities["beta"]], continue_on_error=True)
+    assert res.changed_files == ["sops/beta.yaml"]
+    assert [f["path"] for f in res.failed] == ["sops/gamma.yaml"]
+
+
+def test_non_sops_and_unmatched_files_are_listed(repo):
+    with open(repo.file("sops/plain.yaml"), "w") as fh:
+        fh.write("password: oops\n")
+    engine.encrypt_file(repo.file("elsewhere.yaml"), {"a": 1}, [[repo.recipient("admin")]])
+    res = fleet.rekey(repo.path, [repo.identities["admin"]])
+    reasons = {s["path"]: s["reason"] for s in res.skipped}
+    assert reasons["sops/plain.yaml"] == "not sops-encrypted"
+    assert reasons["README.md"] == "not sops-encrypted"
+    assert "no creation rule" in reasons["elsewhere.yaml"]
+
+
+def test_remove_then_rekey_and_rotate_locks_out_old_identity(repo, sops_bin):
+    cfg = SopsConfig.load(repo.file(".sops.yaml"))
+    cfg.remove_anchor("gamma")
+    cfg.ensure_rule_member(r"sops/gamma(-\d+)?\.yaml$", "admin")
+    cfg.save()
+    gamma_files = ["sops/shared.yaml", "sops/gamma.yaml"]
+    # The gamma rule would be left with admin only, which is allowed.
+    old_copy = {rel: open(repo.file(rel), "rb").read() for rel in gamma_files}
+    res = fleet.rekey(repo.path, [repo.identities["admin"]])
+    assert sorted(res.changed_files) == sorted(gamma_files)
+    rot = fleet.rotate(repo.path, [repo.identities["admin"]], path_regex=r"sops/(shared|gamma)")
+    assert sorted(rot.changed_files) == sorted(gamma_files)
+    gamma_keys = repo.keyfile("gamma")
+    for rel in gamma_files:
+        assert sops_decrypt(sops_bin, repo.file(rel), gamma_keys).returncode != 0
+        assert sops_decrypt(sops_bin, repo.file(rel), repo.keyfile("admin")).returncode == 0
+        # The old data key no longer matches: the rotated file is not the old one re-wrapped.
+        assert engine.load(repo.file(rel)).metadata.mac != engine.SopsFile(rel, old_copy[rel]).metadata.mac
+
+
+def test_rotate_by_anchor_selects_files_the_anchor_reads(repo):
+    res = fleet.rotate(repo.path, [repo.identities["admin"]], anchor="beta", check_mode=True)
+    assert sorted(res.changed_files) == ["sops/beta.yaml", "sops/shared.yaml"]
+    with pytest.raises(fleet.FleetError, match="no anchor &nobody"):
+        fleet.rotate(repo.path, [repo.identities["admin"]], anchor="nobody")
+
+
+def test_parallel_and_serial_agree(tmp_path):
+    repo = make_repo(str(tmp_path), hosts=("a", "b"), files_per_host=40, git=False)
+    _add_member(repo, r"sops/a(-\d+)?\.yaml$", "x", age.recipient_from_identity(age.generate_identity()))
+    plan = fleet.rekey(repo.path, [repo.identities["admin"]], check_mode=True, workers=1)
+    res = fleet.rekey(repo.path, [repo.identities["admin"]], workers=2)
+    assert sorted(res.changed_files) == sorted(plan.changed_files) and len(res.changed_files) == 40
+    assert fleet.rekey(repo.path, [repo.identities["admin"]], workers=2).changed_files == []
+
+
+def test_lock_names_the_holder(repo):
+    entered, release = threading.Event(), threading.Event()
+
+    def hold():
+        with fsutil.repo_lock(repo.path, purpose="sops_rekey"):
+            entered.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    entered.wait(5)
+    try:
+        # flock is per open file description, so a second open in this process conflicts too.
+        with pytest.raises(fsutil.LockedError, match=r"locked by another nixfleet.sops run \(pid \d+ .*sops_rekey"):
+            with fsutil.repo_lock(repo.path):
+                pass
+    finally:
+        release.set()
+        t.join()
+
+
+def test_collect_identities(tmp_path, repo):
+    kf = repo.keyfile("admin", "alpha")
+    ids = fleet.collect_identities([kf], [repo.identities["beta"]])
+    assert ids == [repo.identities["admin"], repo.identities["alpha"], repo.identities["beta"]]
+    assert fleet.collect_identities() is None
+    with pytest.raises(fleet.FleetError, match=r"age_keys\[0\]") as err:
+        fleet.collect_identities([], ["AGE-SECRET-KEY-1BROKEN"])
+    assert "BROKEN" not in str(err.value)
