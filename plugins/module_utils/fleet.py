@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import sops as engine
+from .fsutil import remove_stale_temps
 from .sops_config import SopsConfig, SopsConfigError
 
 CONFIG_NAME = ".sops.yaml"
@@ -286,6 +287,8 @@ def rekey(
             [{"path": fp.rel, "error": fp.error or ""} for fp in broken],
         )
     todo = [fp for fp in sc.files if fp.needs_change]
+    if not check_mode:
+        remove_stale_temps(repo)
     res = OpResult(skipped=_skipped(sc) + [{"path": u["path"], "reason": u["error"]} for u in sc.unreadable])
     todo, res.failed = _preflight(todo, ids, workers, continue_on_error, "rekey")
     if not check_mode and todo:
@@ -353,6 +356,8 @@ def rotate(
     ids = tuple(identities) if identities is not None else None
     sc = scan(repo, workers=workers)
     todo = select_files(sc, path_regex, recipient, anchor)
+    if not check_mode:
+        remove_stale_temps(repo)
     res = OpResult(skipped=_skipped(sc) + [{"path": u["path"], "reason": u["error"]} for u in sc.unreadable])
     todo, res.failed = _preflight(todo, ids, workers, continue_on_error, "rotate")
     if not check_mode and todo:

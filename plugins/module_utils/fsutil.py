@@ -138,3 +138,21 @@ def repo_lock(directory: str, name: str = ".nixfleet-sops.lock", purpose: str = 
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         os.close(fd)
+
+
+def remove_stale_temps(directory: str, skip_dirs: frozenset[str] = frozenset({".git", ".jj"})) -> list[str]:
+    """Remove temp files a killed atomic_write left behind (``.<name>.<random>.tmp``).
+
+    Call it only while holding the repository lock, so no live writer owns them.
+    Returns the removed paths.
+    """
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = [d for d in dirnames if d not in skip_dirs]
+        for fn in filenames:
+            if fn.startswith(".") and fn.endswith(".tmp") and fn.count(".") >= 3:
+                p = os.path.join(dirpath, fn)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+                    removed.append(p)
+    return removed
