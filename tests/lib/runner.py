@@ -96,3 +96,50 @@ def run_module(
     except (AssertionError, ValueError) as exc:
         raise AssertionError(f"could not parse ansible output ({exc}):\n{proc.stdout}\n{proc.stderr}") from None
     return Result(result=result, stdout=proc.stdout, stderr=proc.stderr, rc=proc.returncode)
+
+
+@dataclass
+class PlaybookRun:
+    """An ansible-playbook run: output, exit code and the PLAY RECAP counts per host."""
+
+    stdout: str
+    stderr: str
+    rc: int
+    recap: dict[str, dict[str, int]]
+
+    def changed(self, host: str = "localhost") -> int:
+        return self.recap.get(host, {}).get("changed", -1)
+
+
+def run_playbook(
+    playbook: str,
+    extra_vars: dict[str, Any] | None = None,
+    check: bool = False,
+    diff: bool = False,
+    env: dict[str, str] | None = None,
+    verbosity: int = 0,
+    inventory: str | None = None,
+    limit: str | None = None,
+    tags: str | None = None,
+) -> PlaybookRun:
+    """Run one of the collection's playbooks as a user would (default callback)."""
+    path = playbook if os.path.isabs(playbook) else os.path.join(REPO, "playbooks", playbook)
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), path,
+           "-i", inventory or os.path.join(REPO, "inventory", "demo.yml")]
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    if check:
+        cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
+    if limit:
+        cmd += ["-l", limit]
+    if tags:
+        cmd += ["--tags", tags]
+    if verbosity:
+        cmd.append("-" + "v" * verbosity)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(env), stdin=subprocess.DEVNULL)
+    recap: dict[str, dict[str, int]] = {}
+    for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", proc.stdout, re.M):
+        recap[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return PlaybookRun(stdout=proc.stdout, stderr=proc.stderr, rc=proc.returncode, recap=recap)

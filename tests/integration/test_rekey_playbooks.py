@@ -1,0 +1,93 @@
+"""playbooks/rekey.yml and rotate.yml end to end on a real git secrets repo, with the real sops as oracle."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from ansible_collections.nixfleet.sops.plugins.module_utils import age, fleet
+from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig
+
+from tests.lib.runner import run_playbook
+from tests.lib.secrets_repo import make_repo, sops_decrypt
+
+
+def git(repo, *args):
+    return subprocess.run(["git", "-C", repo, *args], check=True, capture_output=True, text=True).stdout
+
+
+def _snapshot(repo):
+    return {r: (os.stat(repo.file(r)).st_mtime_ns, open(repo.file(r), "rb").read())
+            for r in fleet.iter_candidate_files(repo.path)}
+
+
+def test_rekey_playbook_adds_commits_once_then_nothing(tmp_path, sops_bin):
+    repo = make_repo(str(tmp_path), hosts=("alpha", "beta", "gamma"))
+    env = {"SOPS_AGE_KEY_FILE": repo.keyfile("admin")}
+    ident = age.generate_identity()
+    repo.identities["laptop"] = ident
+    cfg = SopsConfig.load(repo.file(".sops.yaml"))
+    cfg.ensure_recipient("laptop", age.recipient_from_identity(ident), group="users")
+    cfg.ensure_rule_member(r"sops/shared\.yaml$", "laptop")
+    cfg.ensure_rule_member(r"sops/beta(-\d+)?\.yaml$", "laptop")
+    cfg.save()
+    git(repo.path, "commit", "-qam", "add laptop")
+    before = _snapshot(repo)
+    head = git(repo.path, "rev-parse", "HEAD")
+
+    check = run_playbook("rekey.yml", {"nixfleet_secrets_repo": repo.path}, check=True, env=env)
+    assert check.rc == 0, check.stdout + check.stderr
+    assert _snapshot(repo) == before and git(repo.path, "rev-parse", "HEAD") == head
+
+    run = run_playbook("rekey.yml", {"nixfleet_secrets_repo": repo.path}, env=env)
+    assert run.rc == 0, run.stdout + run.stderr
+    assert run.changed() == 2  # the rekey task and the commit
+    after = _snapshot(repo)
+    touched = {r for r in before if after[r] != before[r]}
+    assert touched == {"sops/shared.yaml", "sops/beta.yaml"}
+    for rel in touched:
+        out = sops_decrypt(sops_bin, repo.file(rel), repo.keyfile("laptop"))
+        assert out.returncode == 0, out.stderr
+    assert git(repo.path, "rev-list", "--count", f"{head.strip()}..HEAD").strip() == "1"
+    assert git(repo.path, "log", "-1", "--format=%s").strip() == "chore(sops): rekey 2 files"
+    assert set(git(repo.path, "show", "--name-only", "--format=", "HEAD").split()) == touched
+
+    again = run_playbook("rekey.yml", {"nixfleet_secrets_repo": repo.path}, env=env)
+    assert again.rc == 0 and again.changed() == 0
+    assert git(repo.path, "rev-list", "--count", f"{head.strip()}..HEAD").strip() == "1"
+    assert _snapshot(repo) == after
+
+
+def test_remove_recipient_rekey_rotate_locks_out(tmp_path, sops_bin):
+    repo = make_repo(str(tmp_path), hosts=("alpha", "beta"))
+    env = {"SOPS_AGE_KEY_FILE": repo.keyfile("admin")}
+    cfg = SopsConfig.load(repo.file(".sops.yaml"))
+    cfg.remove_anchor("beta")
+    cfg.ensure_rule_member(r"sops/beta(-\d+)?\.yaml$", "admin")
+    cfg.save()
+    assert run_playbook("rekey.yml", {"nixfleet_secrets_repo": repo.path}, env=env).rc == 0
+    rot = run_playbook("rotate.yml", {"nixfleet_secrets_repo": repo.path, "rotate_path_regex": "sops/(shared|beta)"},
+                       env=env)
+    assert rot.rc == 0, rot.stdout
+    beta_keys = repo.keyfile("beta")
+    for rel in ("sops/shared.yaml", "sops/beta.yaml"):
+        assert sops_decrypt(sops_bin, repo.file(rel), beta_keys).returncode != 0
+    assert sops_decrypt(sops_bin, repo.file("sops/alpha.yaml"), repo.keyfile("alpha")).returncode == 0
+    assert git(repo.path, "log", "-1", "--format=%s").strip() == "chore(sops): rotate data key of 2 files"
+
+
+def test_rekey_refuses_and_writes_nothing_without_identity(tmp_path):
+    repo = make_repo(str(tmp_path), hosts=("alpha",))
+    cfg = SopsConfig.load(repo.file(".sops.yaml"))
+    cfg.ensure_recipient("x", age.recipient_from_identity(age.generate_identity()), group="users")
+    cfg.ensure_rule_member(r"sops/shared\.yaml$", "x")
+    cfg.save()
+    before = _snapshot(repo)
+    empty = tmp_path / "empty-home"
+    empty.mkdir()
+    run = run_playbook("rekey.yml", {"nixfleet_secrets_repo": repo.path},
+                       env={"HOME": str(empty), "XDG_CONFIG_HOME": str(empty), "SOPS_AGE_KEY_FILE": ""})
+    assert run.rc != 0
+    assert "sops/shared.yaml" in run.stdout and "nothing was written" in run.stdout
+    assert "AGE-SECRET-KEY" not in run.stdout + run.stderr
+    assert _snapshot(repo) == before
