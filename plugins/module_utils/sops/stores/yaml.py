@@ -1,0 +1,363 @@
+# Copyright: nixfleet.sops contributors
+# MIT License
+"""YAML store: sops' layout (yaml.v3, 4-space indent, comments as their own lines)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml as pyyaml
+
+from ..errors import SopsFormatError
+from ..tree import Comment
+from .goyaml import emit_documents, emit_mapping_block, resolve_plain
+
+NAME = "yaml"
+FLOATS = False
+_Loader = getattr(pyyaml, "CSafeLoader", pyyaml.SafeLoader)
+_SOPS_LINE = re.compile(r"^sops:[ \t]*(#.*)?$", re.M)
+
+
+class _Container:
+    __slots__ = ("column", "entries", "is_map")
+
+    def __init__(self, column: int, is_map: bool) -> None:
+        self.column = column
+        self.is_map = is_map
+        self.entries: list[tuple[int, Any, Any]] = []  # (line, key or None, value)
+
+
+def _scalar(node: pyyaml.ScalarNode) -> Any:
+    # Only plain scalars are resolved (quoted and block scalars are strings), as in yaml.v3.
+    if not node.style:
+        return resolve_plain(node.value)
+    return node.value
+
+
+class _Builder:
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.anchors: list[tuple[int, int, _Container]] = []
+        self.covered: set[int] = set()
+
+    def node(self, node: pyyaml.Node, depth: int = 0) -> Any:
+        if depth > 500:
+            raise SopsFormatError("YAML nesting too deep", self.path)
+        if isinstance(node, pyyaml.ScalarNode):
+            if node.end_mark.line > node.start_mark.line:
+                end = node.end_mark.line if node.end_mark.column > 0 else node.end_mark.line - 1
+                self.covered.update(range(node.start_mark.line + 1, end + 1))
+            return _scalar(node)
+        if isinstance(node, pyyaml.SequenceNode):
+            c = _Container(node.start_mark.column, False)
+            for item in node.value:
+                if not node.flow_style:
+                    self.anchors.append((item.start_mark.line, node.start_mark.column, c))
+                c.entries.append((item.start_mark.line, None, self.node(item, depth + 1)))
+            return c
+        if isinstance(node, pyyaml.MappingNode):
+            col = node.value[0][0].start_mark.column if node.value else node.start_mark.column
+            c = _Container(col, True)
+            for k, v in node.value:
+                if not isinstance(k, pyyaml.ScalarNode):
+                    raise SopsFormatError("complex mapping keys are not supported", self.path)
+                key = _scalar(k)
+                if not isinstance(key, str):
+                    raise SopsFormatError(
+                        f"line {k.start_mark.line + 1}: only string keys are supported (found {k.value!r}); "
+                        "quote the key", self.path)
+                if not node.flow_style:
+                    self.anchors.append((k.start_mark.line, col, c))
+                c.entries.append((k.start_mark.line, key, self.node(v, depth + 1)))
+            return c
+        raise SopsFormatError(f"unsupported YAML node {type(node).__name__}", self.path)
+
+
+def _finish(value: Any) -> Any:
+    if isinstance(value, _Container):
+        entries = sorted(value.entries, key=lambda e: e[0])
+        if value.is_map:
+            out: dict = {}
+            for _, key, v in entries:
+                if isinstance(key, Comment):
+                    out[key] = None
+                elif key is None and isinstance(v, Comment):
+                    out[v] = None
+                else:
+                    out[key] = _finish(v)
+            return out
+        return [_finish(v) for _, _, v in entries]
+    return value
+
+
+def _place_comments(lines: list[str], b: _Builder, root: _Container, first: int, last: int) -> None:
+    anchors = sorted(b.anchors, key=lambda a: a[0])
+    anchor_lines = [a[0] for a in anchors]
+    import bisect
+
+    for ln in range(first, last):
+        if ln in b.covered:
+            continue
+        text = lines[ln]
+        stripped = text.lstrip(" ")
+        if not stripped.startswith("#"):
+            continue
+        col = len(text) - len(stripped)
+        comment = Comment(stripped[1:].rstrip("\r"))
+        i = bisect.bisect_left(anchor_lines, ln)
+        prev = anchors[i - 1] if i > 0 else None
+        nxt = anchors[i] if i < len(anchors) else None
+        target = None
+        if prev is not None:
+            # Walk up from the previous item's container: a comment at its column belongs there.
+            chain = _ancestors(prev[2], b)
+            for c in chain:
+                if c.column == col:
+                    target = c
+                    break
+        if target is None and nxt is not None and nxt[1] == col:
+            target = nxt[2]
+        if target is None:
+            target = nxt[2] if nxt is not None and prev is None else (prev[2] if prev else root)
+        if target.is_map:
+            target.entries.append((ln, comment, None))
+        else:
+            target.entries.append((ln, None, comment))
+
+
+def _ancestors(c: _Container, b: _Builder) -> list[_Container]:
+    chain = [c]
+    parent = b.parents.get(id(c))
+    while parent is not None:
+        chain.append(parent)
+        parent = b.parents.get(id(parent))
+    return chain
+
+
+def _index_parents(value: Any, b: _Builder, parent: _Container | None = None) -> None:
+    if isinstance(value, _Container):
+        if parent is not None:
+            b.parents[id(value)] = parent
+        for _, _, v in value.entries:
+            _index_parents(v, b, value)
+
+
+def load(data: bytes, path: str | None = None) -> tuple[list[dict], dict | None]:
+    """Parse a (sops) YAML file into documents (comments kept) and its raw ``sops`` mapping."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SopsFormatError("not UTF-8 text, cannot be a sops YAML file", path) from None
+    try:
+        roots = list(pyyaml.compose_all(text, Loader=_Loader))
+    except pyyaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SopsFormatError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", path) from None
+    lines = text.split("\n")
+    docs: list[dict] = []
+    meta: dict | None = None
+    starts = [r.start_mark.line if r is not None else 0 for r in roots]
+    for n, root in enumerate(roots):
+        if root is None:
+            docs.append({})
+            continue
+        if isinstance(root, pyyaml.SequenceNode):
+            raise SopsFormatError("YAML documents that are sequences are not supported", path)
+        if isinstance(root, pyyaml.ScalarNode):
+            if root.value in ("", "~", "null", "Null", "NULL") and root.style is None:
+                docs.append({})
+                continue
+            raise SopsFormatError("YAML documents that are values are not supported", path)
+        b = _Builder(path)
+        b.parents = {}
+        built = b.node(root)
+        _index_parents(built, b)
+        first = 0 if n == 0 else max(roots[n - 1].end_mark.line if roots[n - 1] else 0, starts[n - 1])
+        last = starts[n + 1] if n + 1 < len(roots) else len(lines)
+        if n + 1 < len(roots):
+            last = roots[n].end_mark.line + 1
+        _place_comments(lines, b, built, first, min(last, len(lines)))
+        doc = _finish(built)
+        if "sops" in doc:
+            raw = _plain(doc.pop("sops"))
+            if meta is None:
+                meta = raw
+        docs.append(doc)
+    return docs, meta
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if not isinstance(k, Comment)}
+    if isinstance(value, list):
+        return [_plain(v) for v in value if not isinstance(v, Comment)]
+    return value
+
+
+def emit(docs: list[dict], metadata: dict[str, Any]) -> bytes:
+    """The whole encrypted file: every document gets the metadata as its last key."""
+    out = []
+    for doc in docs or [{}]:
+        full = dict(doc)
+        full["sops"] = metadata
+        out.append(full)
+    return emit_documents(out).encode("utf-8")
+
+
+def emit_plain(docs: list[dict]) -> bytes:
+    """Plain YAML in sops' layout (what ``sops decrypt`` prints)."""
+    return emit_documents(docs).encode("utf-8")
+
+
+# --------------------------------------------------------------------------- metadata-only access
+def find_metadata(data: bytes, path: str | None = None) -> tuple[list[tuple[int, int]], dict | None]:
+    """Byte spans of each top-level ``sops:`` block and the parsed metadata, without parsing the rest."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SopsFormatError("not UTF-8 text, cannot be a sops YAML file", path) from None
+    spans: list[tuple[int, int]] = []
+    for m in _SOPS_LINE.finditer(text):
+        start = m.start()
+        # The block ends at the next line that starts in column 0 (key, comment, '---').
+        end_m = re.compile(r"^[^ \t\r\n]", re.M).search(text, m.end() + 1)
+        end = end_m.start() if end_m else len(text)
+        spans.append((start, end))
+    if not spans:
+        return [], None
+    start, end = spans[0]
+    block = text[start:end]
+    try:
+        parsed = _fast_block(block)
+    except _Bail:
+        try:
+            parsed = pyyaml.load(block, Loader=_Loader)
+        except pyyaml.YAMLError:
+            parsed = None
+    if not isinstance(parsed, dict) or "sops" not in parsed:
+        return [], None
+    # Byte offsets, since the caller splices bytes.
+    if data.isascii():
+        bspans = spans
+    else:
+        bspans = [(len(text[:s].encode("utf-8")), len(text[:e].encode("utf-8"))) for s, e in spans]
+    return bspans, _fix_loaded(parsed["sops"])
+
+
+class _Bail(Exception):
+    """The block is not in sops' own layout; the full YAML parser takes over."""
+
+
+_KEY_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):(?: (.*))?$")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _fast_scalar(text: str) -> Any:
+    if text in ("[]", "{}"):
+        return [] if text == "[]" else {}
+    if text.startswith('"'):
+        if "\\" in text or not text.endswith('"') or len(text) < 2:
+            raise _Bail
+        return text[1:-1]
+    if text.startswith("'"):
+        if not text.endswith("'") or len(text) < 2:
+            raise _Bail
+        return text[1:-1].replace("''", "'")
+    if " #" in text or text[:1] in "&*!|>%@`{[?-#,":
+        raise _Bail
+    return resolve_plain(text)
+
+
+def _fast_map(lines: list[str], i: int, indent: int, first: str | None = None) -> tuple[dict, int]:
+    out: dict = {}
+    while i < len(lines):
+        line = first if first is not None else lines[i]
+        first = None
+        if not line.strip():
+            i += 1
+            continue
+        if _indent(line) != indent:
+            if _indent(line) > indent:
+                raise _Bail
+            break
+        m = _KEY_LINE.match(line, indent)
+        if not m:
+            raise _Bail
+        key, rest = m.group(1), (m.group(2) or "").rstrip()
+        if key in out:
+            raise _Bail
+        i += 1
+        if rest in ("|", "|-"):
+            body: list[str] = []
+            content_indent = None
+            n = len(lines)
+            while i < n:
+                cur = lines[i]
+                stripped = cur.lstrip(" ")
+                ind = len(cur) - len(stripped)
+                if stripped and ind <= indent:
+                    break
+                if stripped:
+                    if content_indent is None:
+                        content_indent = ind
+                    elif ind < content_indent:
+                        raise _Bail
+                    body.append(cur[content_indent:])
+                else:
+                    body.append("")
+                i += 1
+            while body and body[-1] == "":
+                body.pop()
+            out[key] = "\n".join(body) + ("\n" if rest == "|" and body else "")
+        elif rest:
+            out[key] = _fast_scalar(rest)
+        else:
+            if i >= len(lines) or _indent(lines[i]) <= indent and not lines[i].startswith(" " * indent + "- "):
+                out[key] = None
+                continue
+            child = _indent(lines[i])
+            if lines[i][child:].startswith("- "):
+                out[key], i = _fast_seq(lines, i, child)
+            else:
+                out[key], i = _fast_map(lines, i, child)
+    return out, i
+
+
+def _fast_seq(lines: list[str], i: int, indent: int) -> tuple[list, int]:
+    out: list = []
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip():
+            i += 1
+            continue
+        if _indent(line) != indent or not line[indent:].startswith("- "):
+            if _indent(line) > indent:
+                raise _Bail
+            break
+        item, i = _fast_map(lines, i, indent + 2, first=" " * (indent + 2) + line[indent + 2 :])
+        out.append(item)
+    return out, i
+
+
+def _fast_block(block: str) -> dict:
+    """Parse a ``sops:`` block written in sops' layout without the general YAML parser."""
+    lines = block.split("\n")
+    parsed, i = _fast_map(lines, 0, 0)
+    if any(line.strip() for line in lines[i:]):
+        raise _Bail
+    return parsed
+
+
+def _fix_loaded(meta: Any) -> Any:
+    # PyYAML (YAML 1.1) turns an unquoted timestamp into datetime; sops quotes it, but be lenient.
+    return meta
+
+
+def emit_metadata(metadata: dict[str, Any]) -> bytes:
+    """The ``sops:`` block text exactly as sops writes it at the end of a document."""
+    return emit_mapping_block("sops", metadata).encode("utf-8")
