@@ -107,10 +107,12 @@ def _read_meta(path: str) -> tuple[str, Any]:
     """('ok', recipients) | ('not_sops', reason) | ('error', message) — runs in workers."""
     try:
         sf = engine.load(path)
-    except engine.SopsFormatError as exc:
+    except engine.SopsNotEncryptedError as exc:
         return "not_sops", str(exc)
     except engine.SopsError as exc:
         return "error", str(exc)
+    except Exception as exc:  # noqa: BLE001 - one odd file must not stop a fleet scan
+        return "error", f"{path}: cannot read its sops metadata ({type(exc).__name__})"
     return "ok", (sf.recipients, sf.metadata.shamir_threshold)
 
 

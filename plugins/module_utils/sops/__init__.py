@@ -11,7 +11,8 @@ picklable, so a caller can fan out over files with processes):
 
 ``SopsError(Exception)``
     Base error, ``.path`` names the file. Subclasses: ``SopsFormatError``
-    (not a sops file / unsupported), ``SopsMacError`` (tampered value or MAC),
+    (unsupported or malformed; its subclass ``SopsNotEncryptedError`` when
+    there is no sops metadata at all), ``SopsMacError`` (tampered value or MAC),
     ``SopsDecryptError``, ``SopsNoIdentityError`` (``.recipients``,
     ``.searched``), ``SopsKeyPathError``. Messages never contain key material.
 ``find_identities(env=os.environ, explicit=()) -> (identities, searched)``
@@ -53,6 +54,7 @@ from .errors import (
     SopsKeyPathError,
     SopsMacError,
     SopsNoIdentityError,
+    SopsNotEncryptedError,
 )
 from .file import SopsFile, encrypt_file, keyring, load, rotate, set_value, unset_value, updatekeys
 from .keys import Keyring, find_identities
@@ -72,6 +74,7 @@ __all__ = [
     "SopsKeyPathError",
     "SopsMacError",
     "SopsNoIdentityError",
+    "SopsNotEncryptedError",
     "comparable",
     "encrypt_file",
     "find_identities",

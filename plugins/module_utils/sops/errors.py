@@ -22,6 +22,10 @@ class SopsFormatError(SopsError):
     """The file is not a sops file, or its format/extension is not supported."""
 
 
+class SopsNotEncryptedError(SopsFormatError):
+    """The file has no sops metadata at all: it is plain text, not a broken sops file."""
+
+
 class SopsMacError(SopsError):
     """A value, the MAC or lastmodified was changed outside sops (integrity check failed)."""
 

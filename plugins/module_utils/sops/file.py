@@ -20,6 +20,7 @@ from .errors import (
     SopsKeyPathError,
     SopsMacError,
     SopsNoIdentityError,
+    SopsNotEncryptedError,
 )
 from .keys import Keyring, find_identities, wrap
 from .metadata import AgeStanza, Metadata, normalize_lastmodified, now_lastmodified
@@ -100,7 +101,7 @@ class SopsFile:
         self._docs: list[dict] | None = None
         spans, meta = self.store.find_metadata(data, path)
         if meta is None:
-            raise SopsFormatError(
+            raise SopsNotEncryptedError(
                 "not a sops-encrypted file (no 'sops' metadata found"
                 + (f" for format {self.format}" if self.format else "") + ")",
                 path,

@@ -68,6 +68,8 @@ class Metadata:
 
         def stanzas(group: Any, where: str) -> list[AgeStanza]:
             out = []
+            if group is not None and not isinstance(group, list):
+                raise SopsFormatError(f"{where} is not a list of age entries", path)
             for entry in group or []:
                 if not isinstance(entry, dict) or not isinstance(entry.get("recipient"), str):
                     raise SopsFormatError(f"{where}: an age entry without a recipient", path)
@@ -84,6 +86,8 @@ class Metadata:
             groups.append(stanzas(raw.get("age"), "sops.age"))
             foreign.append(top_foreign)
         elif raw.get("key_groups"):
+            if not isinstance(raw["key_groups"], list):
+                raise SopsFormatError("sops.key_groups is not a list", path)
             for i, group in enumerate(raw["key_groups"]):
                 if not isinstance(group, dict):
                     raise SopsFormatError(f"sops.key_groups[{i}] is not a mapping", path)

@@ -1,0 +1,244 @@
+# Copyright: nixfleet.sops contributors
+# MIT License
+"""Audit a secrets repository: who can decrypt what, and everything that is out of place.
+
+Reads only public data: ``.sops.yaml``, the ``sops`` metadata of each file
+(never a value), and the key inventory. No identity is needed.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import fleet, keyinventory
+
+SSH_PREFIXES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-", "ssh-dss")
+ERROR, WARNING = "error", "warning"
+
+FIXES = {
+    "drift": "run playbooks/rekey.yml",
+    "no_rule": "add a creation rule for it to .sops.yaml (nixfleet.sops.sops_creation_rule), then rekey",
+    "unreadable": "restore the file from version control; its sops metadata does not parse",
+    "plaintext_file": "encrypt it (nixfleet.sops.sops_secret) or move it out of the secrets directory",
+    "unused_anchor": "add it to a creation rule, or remove it (nixfleet.sops.sops_recipient state=absent)",
+    "unknown_recipient": "it is in the file but not in .sops.yaml: run playbooks/rekey.yml to drop it, "
+    "or declare it as an anchor",
+    "ssh_recipient": "replace it with its age1… form (nixfleet.sops.ssh_to_age): sops-nix's converted host key "
+    "cannot open files encrypted to a raw SSH recipient",
+    "host_without_key": "bootstrap the host: ansible-playbook playbooks/bootstrap.yml -l HOST",
+    "key_too_old": "rotate the key (playbooks/rotate.yml for data keys; regenerate and rekey for host/user keys)",
+    "break_glass_missing": "add the break-glass anchor to every rule and rekey (playbooks/break_glass.yml)",
+}
+
+
+@dataclass
+class Audit:
+    """Findings plus the access matrix (file x anchor)."""
+
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    anchors: list[str] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=dict)  # anchor -> host/user/…
+    access: dict[str, list[str]] = field(default_factory=dict)  # file -> anchors that can decrypt it
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: str, message: str, severity: str = ERROR, **where: Any) -> None:
+        item = {"kind": kind, "severity": severity, "message": message, "fix": FIXES.get(kind, "")}
+        item.update({k: v for k, v in where.items() if v is not None})
+        self.findings.append(item)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "findings": self.findings,
+            "matrix": {"files": self.files, "anchors": self.anchors, "access": self.access},
+            "counts": self.counts,
+        }
+
+
+def _anchor_kind(name: str, group: str | None, inventory: dict[str, str]) -> str:
+    if name in inventory:
+        return inventory[name]
+    if name.startswith("break-glass") or name.startswith("break_glass"):
+        return "break-glass"
+    g = (group or "").rstrip(":").lower()
+    if g.startswith("host"):
+        return "host"
+    if g.startswith("user") or g.startswith("admin"):
+        return "user"
+    return g or "key"
+
+
+def run(
+    repo: str,
+    hosts: list[str] | None = None,
+    max_age_days: dict[str, int] | None = None,
+    secrets_dirs: tuple[str, ...] = ("sops",),
+    break_glass_anchor: str | None = None,
+    workers: int | None = None,
+) -> Audit:
+    """Audit ``repo``. ``hosts`` (inventory hostnames) enables the host-without-key check;
+    ``break_glass_anchor`` enables break-glass coverage (default: an anchor named break-glass if any)."""
+    sc = fleet.scan(repo, workers=workers)
+    cfg = sc.config
+    anchors = cfg.anchors()
+    names = {a.recipient: n for n, a in anchors.items()}
+    inv_entries = keyinventory.load(repo)
+    inv_kinds = {e.anchor: e.kind for e in inv_entries}
+    out = Audit()
+    out.anchors = list(anchors)
+    out.kinds = {n: _anchor_kind(n, a.group, inv_kinds) for n, a in anchors.items()}
+
+    for finding in cfg.validate(scan_files=True):
+        kind = finding.get("kind", "config")
+        if kind == "unmatched_sops_file":
+            continue  # reported below as no_rule, with the file
+        out.add(f"config_{kind}", f"{cfg.path}: {finding.get('message', '')}",
+                severity=WARNING if kind == "rule_unused" else ERROR, line=finding.get("line"),
+                anchor=finding.get("anchor"))
+
+    used: set[str] = set()
+    for rule in cfg.rules:
+        used.update(rule.anchors)
+        for group in rule.key_groups:
+            for r in group:
+                if r.startswith(SSH_PREFIXES):
+                    out.add("ssh_recipient", f"{cfg.path}: {rule.describe()} lists a raw SSH recipient",
+                            line=rule.line)
+    for name, a in anchors.items():
+        if a.recipient.startswith(SSH_PREFIXES):
+            out.add("ssh_recipient", f"{cfg.path}: anchor &{name} is a raw SSH key, not an age1… recipient",
+                    anchor=name, line=a.line)
+        if name not in used:
+            out.add("unused_anchor", f"{cfg.path}: anchor &{name} is in no creation rule", WARNING, anchor=name,
+                    line=a.line)
+
+    for fp in sc.files:
+        out.files.append(fp.rel)
+        have = [r for g in fp.current for r in g]
+        out.access[fp.rel] = sorted(names[r] for r in have if r in names)
+        for r in have:
+            if r.startswith(SSH_PREFIXES):
+                out.add("ssh_recipient", f"{fp.rel} is encrypted to a raw SSH recipient", path=fp.rel)
+            elif r not in names and not any(r in g for g in (fp.wanted or [])):
+                out.add("unknown_recipient", f"{fp.rel} is encrypted to {r}, which no anchor in .sops.yaml names",
+                        path=fp.rel, recipient=r)
+        if fp.wanted is not None and fp.needs_change:
+            parts = []
+            if fp.added:
+                parts.append("missing " + ", ".join(names.get(r, r) for r in fp.added))
+            if fp.removed:
+                parts.append("extra " + ", ".join(names.get(r, r) for r in fp.removed))
+            out.add("drift", f"{fp.rel} differs from {fp.rule!r}: " + "; ".join(parts or ["key groups differ"]),
+                    path=fp.rel)
+    for rel in sc.no_rule:
+        out.add("no_rule", f"{rel} is sops-encrypted but no creation rule matches it", path=rel)
+    for u in sc.unreadable:
+        out.add("unreadable", f"{u['path']}: {u['error']}", path=u["path"])
+    for rel in sc.not_sops:
+        if any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in secrets_dirs):
+            out.add("plaintext_file", f"{rel} is under the secrets directory but not sops-encrypted", path=rel)
+
+    for host in hosts or []:
+        if host not in anchors:
+            out.add("host_without_key", f"host {host} has no anchor &{host} in .sops.yaml", WARNING, host=host)
+
+    for item in keyinventory.overdue(inv_entries, max_age_days or {}):
+        out.add("key_too_old", f"{item['kind']} key &{item['anchor']} is {item['age_days']} days old "
+                f"(policy: {item['max_age_days']})", WARNING, anchor=item["anchor"])
+
+    glass = break_glass_anchor or next((n for n in anchors if out.kinds[n] == "break-glass"), None)
+    if glass:
+        if glass not in anchors:
+            out.add("break_glass_missing", f"{cfg.path}: no anchor &{glass}", anchor=glass)
+        else:
+            for rule in cfg.rules:
+                if glass not in rule.anchors:
+                    out.add("break_glass_missing", f"{cfg.path}: {rule.describe()} does not include &{glass}",
+                            WARNING, anchor=glass, line=rule.line)
+            for fp in sc.files:
+                if glass not in out.access[fp.rel]:
+                    out.add("break_glass_missing", f"{fp.rel} cannot be opened with the break-glass key &{glass}",
+                            path=fp.rel)
+
+    out.counts = {
+        "files": len(out.files),
+        "anchors": len(out.anchors),
+        "errors": sum(1 for f in out.findings if f["severity"] == ERROR),
+        "warnings": sum(1 for f in out.findings if f["severity"] == WARNING),
+    }
+    return out
+
+
+def text_table(a: Audit) -> list[str]:
+    """The access matrix as fixed-width lines for task output, then one line per finding."""
+    width = max([len(f) for f in a.files] + [4])
+    head = " " * width + " | " + " ".join(a.anchors)
+    lines = [head, "-" * len(head)]
+    for f in a.files:
+        cells = " ".join(("x" if n in a.access[f] else ".").center(len(n)) for n in a.anchors)
+        lines.append(f"{f.ljust(width)} | {cells}")
+    if not a.findings:
+        lines.append("no findings")
+    for item in a.findings:
+        lines.append(f"{item['severity'].upper()} [{item['kind']}] {item['message']} -> {item['fix']}")
+    return lines
+
+
+def html_report(a: Audit, title: str) -> str:
+    """A self-contained HTML page: the access matrix and the findings. No timestamps, so it is stable."""
+    e = html.escape
+    th = "".join(f"<th title='{e(a.kinds.get(n, ''))}'>{e(n)}<br><small>{e(a.kinds.get(n, ''))}</small></th>"
+                 for n in a.anchors)
+    rows = []
+    for f in a.files:
+        cells = "".join("<td class='y'>&#10003;</td>" if n in a.access[f] else "<td class='n'></td>"
+                        for n in a.anchors)
+        rows.append(f"<tr><th class='f'>{e(f)}</th>{cells}</tr>")
+    finds = "".join(
+        f"<tr class='{e(i['severity'])}'><td>{e(i['severity'])}</td><td>{e(i['kind'])}</td>"
+        f"<td>{e(i['message'])}</td><td>{e(i['fix'])}</td></tr>"
+        for i in a.findings
+    ) or "<tr><td colspan='4'>no findings</td></tr>"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; margin-bottom: 2em; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; }}
+th.f {{ text-align: left; font-family: monospace; font-weight: normal; }}
+td.y {{ background: #d4f4d4; text-align: center; }}
+tr.error td {{ background: #fbe0e0; }} tr.warning td {{ background: #fff4d0; }}
+</style></head><body>
+<h1>{e(title)}</h1>
+<p>{a.counts.get('files', 0)} sops files, {a.counts.get('anchors', 0)} anchors,
+{a.counts.get('errors', 0)} errors, {a.counts.get('warnings', 0)} warnings.</p>
+<h2>Who can decrypt what</h2>
+<table><tr><th>file</th>{th}</tr>
+{''.join(rows)}
+</table>
+<h2>Findings</h2>
+<table><tr><th>severity</th><th>kind</th><th>what</th><th>fix</th></tr>
+{finds}
+</table>
+</body></html>
+"""
+
+
+def write_report(a: Audit, path: str, title: str, check_mode: bool = False) -> bool:
+    """Write the HTML report atomically; True when its content changed."""
+    from .fsutil import atomic_write
+
+    text = html_report(a, title)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read() == text:
+                return False
+    except FileNotFoundError:
+        pass
+    if not check_mode:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write(path, text, default_mode=0o644)
+    return True

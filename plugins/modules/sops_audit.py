@@ -1,0 +1,135 @@
+#!/usr/bin/python
+# Copyright: nixfleet.sops contributors
+# MIT License
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: sops_audit
+short_description: Audit a secrets repository — who can decrypt what, and what is out of place
+version_added: "0.1.0"
+description:
+  - Reads C(.sops.yaml), the sops metadata of every file (never a value) and the key inventory
+    (C(.nixfleet/keys.yaml)). Needs no identity.
+  - "Reports: the access matrix (file x anchor); drift between files and their creation rules; sops files
+    no rule matches; anchors no rule uses; recipients in files that C(.sops.yaml) does not know; raw
+    C(ssh-ed25519) recipients (sops-nix's converted host keys cannot open those); plaintext files under the
+    secrets directory; inventory hosts without an anchor; keys older than the policy; break-glass coverage;
+    and the findings of C(.sops.yaml) validation (duplicate anchors, aliases to nothing, invalid recipients,
+    unused rules)."
+  - Each finding has a severity, a message naming the file, anchor or host, and the fix.
+  - Optionally writes an HTML report with the access matrix a person can open.
+options:
+  repo:
+    description: The secrets repository (the directory holding C(.sops.yaml)).
+    type: path
+    required: true
+  hosts:
+    description: Inventory host names that should each have an anchor (enables the host-without-key check).
+    type: list
+    elements: str
+    default: []
+  max_age_days:
+    description: Key-age policy, maximum age in days per kind (host, user, deploy, break-glass, admin).
+    type: dict
+    default: {}
+  secrets_dirs:
+    description: Directories (relative to O(repo)) where every file must be sops-encrypted.
+    type: list
+    elements: str
+    default: [sops]
+  break_glass_anchor:
+    description: Anchor of the break-glass recipient; default is an anchor named C(break-glass) if present.
+    type: str
+  report_path:
+    description: Write the HTML report here (no timestamps in it, so an unchanged audit writes nothing).
+    type: path
+  fail_on:
+    description: Fail the task when there are findings of at least this severity.
+    type: str
+    choices: [never, error, warning]
+    default: never
+attributes:
+  check_mode:
+    support: full
+    description: The audit only reads; in check mode the HTML report is not written.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    description: Read-only, apart from the report, which is rewritten only when its content changes.
+author: nixfleet maintainers
+"""
+
+EXAMPLES = r"""
+- name: Audit the fleet's secrets
+  nixfleet.sops.sops_audit:
+    repo: "{{ nixfleet_secrets_repo }}"
+    hosts: "{{ groups['nixos'] }}"
+    max_age_days: {host: 365, user: 365, deploy: 180}
+    report_path: ./nixfleet-audit.html
+  register: audit
+"""
+
+RETURN = r"""
+findings:
+  description:
+    - Each finding with C(kind), C(severity), C(message), C(fix)
+    - and where it is (C(path), C(anchor), C(line), C(host)).
+  returned: always
+  type: list
+  elements: dict
+matrix:
+  description: C(files), C(anchors) and C(access) (file -> anchors that can decrypt it).
+  returned: always
+  type: dict
+report:
+  description: The matrix and the findings as lines of text, for task output.
+  returned: always
+  type: list
+  elements: str
+counts:
+  description: Numbers of files, anchors, errors and warnings.
+  returned: always
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.nixfleet.sops.plugins.module_utils import audit
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import run_guarded
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            repo=dict(type="path", required=True),
+            hosts=dict(type="list", elements="str", default=[]),
+            max_age_days=dict(type="dict", default={}),
+            secrets_dirs=dict(type="list", elements="str", default=["sops"]),
+            break_glass_anchor=dict(type="str"),
+            report_path=dict(type="path"),
+            fail_on=dict(type="str", choices=["never", "error", "warning"], default="never"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+
+    def work():
+        res = audit.run(p["repo"], p["hosts"], p["max_age_days"], tuple(p["secrets_dirs"]), p["break_glass_anchor"])
+        changed = False
+        if p["report_path"]:
+            changed = audit.write_report(res, p["report_path"], f"nixfleet.sops audit of {p['repo']}",
+                                         module.check_mode)
+        return res, changed
+
+    res, changed = run_guarded(module, work)
+    out = dict(changed=changed, report=audit.text_table(res), **res.as_dict())
+    levels = {"error": ("error",), "warning": ("error", "warning")}.get(p["fail_on"], ())
+    bad = [f for f in res.findings if f["severity"] in levels]
+    if bad:
+        module.fail_json(msg=f"audit of {p['repo']}: {len(bad)} findings at or above {p['fail_on']}: "
+                         + "; ".join(f["message"] for f in bad[:10]), **out)
+    module.exit_json(**out)
+
+
+if __name__ == "__main__":
+    main()
