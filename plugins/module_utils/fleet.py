@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import sops as engine
-from .fsutil import remove_stale_temps
+from .fsutil import commit_staged, discard_staged, fsync_dir, remove_stale_temps, stage_write
 from .sops_config import SopsConfig, SopsConfigError
 
 CONFIG_NAME = ".sops.yaml"
@@ -180,31 +180,56 @@ def _keyring(identities: tuple[str, ...] | None) -> Any:
     return kr
 
 
-def _check_open(job: tuple[str, tuple[str, ...] | None]) -> str | None:
-    path, identities = job
+def _stage(staged: list[tuple[str, str]]) -> Callable[[str, bytes], None]:
+    """A writer for the engine that stages (temp beside the file, fsynced) instead of replacing."""
+
+    def write(path: str, data: bytes) -> None:
+        staged.append((stage_write(path, data), path))
+
+    return write
+
+
+def _rekey_one(job: tuple[str, list[list[str]] | None, int | None, tuple[str, ...] | None, bool]) -> dict[str, Any]:
+    """Plan one file and, unless checking, stage its new version (nothing visible yet).
+
+    One parse and at most one data-key unwrap per file: the whole per-file
+    cost of a fleet rekey happens here, in a worker process.
+    """
+    path, groups, threshold, identities, check_mode = job
+    staged: list[tuple[str, str]] = []
     try:
-        engine.load(path).data_key(_keyring(identities))
+        if groups is None:
+            engine.load(path)
+            return {"status": "no_rule"}
+        changed, added, removed = engine.updatekeys(
+            path, groups, _keyring(identities), shamir_threshold=threshold, dry_run=check_mode, write=_stage(staged)
+        )
+    except engine.SopsNotEncryptedError:
+        return {"status": "not_sops"}
     except engine.SopsError as exc:
-        return str(exc)
-    return None
+        discard_staged([tmp for tmp, _ in staged])
+        return {"status": "failed", "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - one odd file must not stop a fleet run
+        discard_staged([tmp for tmp, _ in staged])
+        return {"status": "failed", "error": f"{path}: {type(exc).__name__}: {exc}"}
+    if not changed:
+        return {"status": "unchanged"}
+    return {"status": "changed", "added": sorted(added), "removed": sorted(removed), "staged": staged}
 
 
-def _apply_updatekeys(job: tuple[str, list[list[str]], int | None, tuple[str, ...] | None]) -> str | None:
-    path, groups, threshold, identities = job
+def _rotate_one(job: tuple[str, tuple[str, ...] | None, bool]) -> dict[str, Any]:
+    path, identities, check_mode = job
+    staged: list[tuple[str, str]] = []
     try:
-        engine.updatekeys(path, groups, _keyring(identities), shamir_threshold=threshold)
+        out = engine.rotate(path, _keyring(identities), dry_run=True)
+        if not check_mode:
+            _stage(staged)(path, out)
     except engine.SopsError as exc:
-        return str(exc)
-    return None
-
-
-def _apply_rotate(job: tuple[str, tuple[str, ...] | None]) -> str | None:
-    path, identities = job
-    try:
-        engine.rotate(path, _keyring(identities))
-    except engine.SopsError as exc:
-        return str(exc)
-    return None
+        return {"status": "failed", "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001
+        discard_staged([tmp for tmp, _ in staged])
+        return {"status": "failed", "error": f"{path}: {type(exc).__name__}: {exc}"}
+    return {"status": "changed", "staged": staged}
 
 
 # --------------------------------------------------------------------------- results
@@ -242,26 +267,36 @@ def recipient_names(config: SopsConfig) -> dict[str, str]:
 def _skipped(sc: Scan) -> list[dict[str, str]]:
     out = [{"path": p, "reason": "not sops-encrypted"} for p in sc.not_sops]
     out += [{"path": p, "reason": "no creation rule in .sops.yaml matches it"} for p in sc.no_rule]
+    out += [{"path": u["path"], "reason": u["error"]} for u in sc.unreadable]
     return out
 
 
-def _preflight(
-    jobs: list[FilePlan], identities: tuple[str, ...] | None, workers: int | None, continue_on_error: bool, what: str
-) -> tuple[list[FilePlan], list[dict[str, str]]]:
-    """Check every file can be opened before writing any; refuse (or drop them) when some cannot."""
-    errors = _map(_check_open, [(fp.path, identities) for fp in jobs], workers)
-    failed = [{"path": fp.rel, "error": err} for fp, err in zip(jobs, errors, strict=True) if err]
+def _finish(
+    what: str, rels: list[str], results: list[dict[str, Any]], continue_on_error: bool, check_mode: bool
+) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, str]]]:
+    """All or nothing: commit every staged file, or (when one failed) discard them all and raise."""
+    failed = [{"path": rel, "error": r["error"]} for rel, r in zip(rels, results, strict=True)
+              if r["status"] == "failed"]
+    changed = [(rel, r) for rel, r in zip(rels, results, strict=True) if r["status"] == "changed"]
     if failed and not continue_on_error:
+        discard_staged([tmp for _, r in changed for tmp, _ in r.get("staged", [])])
         listing = "; ".join(f"{f['path']}: {f['error']}" for f in failed[:20])
         more = f" (and {len(failed) - 20} more)" if len(failed) > 20 else ""
         raise FleetError(
-            f"{what} refused: {len(failed)} of {len(jobs)} files that need a change cannot be opened with the "
-            f"available identities, so nothing was written: {listing}{more}. Give an identity that can open them "
+            f"{what} refused: {len(failed)} of {len(failed) + len(changed)} files that need a change cannot be "
+            f"opened or rewritten, so nothing was written: {listing}{more}. Give an identity that can open them "
             "(SOPS_AGE_KEY_FILE or identity_files), or set continue_on_error to handle the others.",
             failed,
         )
-    bad = {f["path"] for f in failed}
-    return [fp for fp in jobs if fp.rel not in bad], failed
+    if not check_mode:
+        dirs = set()
+        for _rel, r in changed:
+            for tmp, target in r.get("staged", []):
+                commit_staged(tmp, target, sync_dir=False)
+                dirs.add(os.path.dirname(target))
+        for d in dirs:
+            fsync_dir(d)
+    return changed, failed
 
 
 def rekey(
@@ -275,47 +310,63 @@ def rekey(
     """Bring every sops file to the recipients its creation rule names (``sops updatekeys`` for the fleet).
 
     Only files whose recipients differ are written; the data key stays, so
-    values, MAC and lastmodified are untouched. Raises FleetError, writing
-    nothing, when a file that needs a change cannot be opened (unless
-    ``continue_on_error``) or a rule names no recipient.
+    values, MAC and lastmodified are untouched. Every new version is staged
+    (written and fsynced beside its file) before any is renamed into place:
+    when a file that needs a change cannot be opened, nothing is written and
+    FleetError lists the files (unless ``continue_on_error``).
     """
+    repo = os.path.abspath(repo)
     ids = tuple(identities) if identities is not None else None
-    sc = scan(repo, include, workers)
-    names = recipient_names(sc.config)
-    broken = [fp for fp in sc.files if fp.error]
-    if broken:
-        raise FleetError(
-            "rekey refused: " + "; ".join(f"{fp.rel}: {fp.error}" for fp in broken) + ". Fix .sops.yaml first.",
-            [{"path": fp.rel, "error": fp.error or ""} for fp in broken],
-        )
-    todo = [fp for fp in sc.files if fp.needs_change]
+    cfg_path = config_path(repo)
+    if not os.path.exists(cfg_path):
+        raise FleetError(f"{repo} has no {CONFIG_NAME}: is this the secrets repository?")
+    config = SopsConfig.load(cfg_path)
+    names = recipient_names(config)
+    rels = iter_candidate_files(repo, include)
+    jobs, rules, broken = [], [], []
+    for rel in rels:
+        full = os.path.join(repo, rel)
+        try:
+            rule = config.rule_for(full)
+        except SopsConfigError:
+            jobs.append((full, None, None, ids, check_mode))
+            rules.append(None)
+            continue
+        groups = [list(g) for g in rule.key_groups if g]
+        if not groups:
+            broken.append(rule.describe())
+        jobs.append((full, groups, rule.shamir_threshold, ids, check_mode))
+        rules.append(rule.path_regex)
     if not check_mode:
         remove_stale_temps(repo)
-    res = OpResult(skipped=_skipped(sc) + [{"path": u["path"], "reason": u["error"]} for u in sc.unreadable])
-    todo, res.failed = _preflight(todo, ids, workers, continue_on_error, "rekey")
-    if not check_mode and todo:
-        errors = _map(_apply_updatekeys, [(fp.path, fp.wanted, fp.wanted_threshold, ids) for fp in todo], workers)
-        for fp, err in zip(todo, errors, strict=True):
-            if err:
-                res.failed.append({"path": fp.rel, "error": err})
-        todo = [fp for fp, err in zip(todo, errors, strict=True) if not err]
-    for fp in todo:
-        res.changed_files.append(fp.rel)
-        res.changes.append(
-            {
-                "path": fp.rel,
-                "rule": fp.rule,
-                "added": [_label(r, names) for r in fp.added],
-                "removed": [_label(r, names) for r in fp.removed],
-            }
-        )
+    results = _map(_rekey_one, jobs, workers)
+    if broken:
+        # Only a problem for the sops files under such a rule; plain files there are fine.
+        bad = sorted({desc for desc, r in zip(broken, results, strict=False) if r["status"] != "not_sops"})
+        if bad:
+            discard_staged([tmp for r in results for tmp, _ in r.get("staged", [])])
+            raise FleetError("rekey refused: " + ", ".join(bad) + " names no age recipient. Fix .sops.yaml first.")
+    changed, failed = _finish("rekey", rels, results, continue_on_error, check_mode)
+    res = OpResult(failed=failed)
+    by_status: dict[str, list[str]] = {}
+    for rel, r in zip(rels, results, strict=True):
+        by_status.setdefault(r["status"], []).append(rel)
+    res.skipped = [{"path": p, "reason": "not sops-encrypted"} for p in by_status.get("not_sops", [])]
+    res.skipped += [{"path": p, "reason": "no creation rule in .sops.yaml matches it"}
+                    for p in by_status.get("no_rule", [])]
+    rule_of = dict(zip(rels, rules, strict=True))
+    for rel, r in changed:
+        res.changed_files.append(rel)
+        res.changes.append({"path": rel, "rule": rule_of[rel], "added": [_label(x, names) for x in r["added"]],
+                            "removed": [_label(x, names) for x in r["removed"]]})
+    sops_files = len(rels) - len(by_status.get("not_sops", []))
     res.counts = {
-        "sops_files": len(sc.files),
+        "sops_files": sops_files,
         "changed": len(res.changed_files),
-        "unchanged": len(sc.files) - len(res.changed_files) - len(res.failed),
-        "failed": len(res.failed),
-        "not_sops": len(sc.not_sops),
-        "no_rule": len(sc.no_rule),
+        "unchanged": len(by_status.get("unchanged", [])),
+        "failed": len(failed),
+        "not_sops": len(by_status.get("not_sops", [])),
+        "no_rule": len(by_status.get("no_rule", [])),
     }
     return res
 
@@ -359,16 +410,14 @@ def rotate(
     sc = scan(repo, workers=workers)
     todo = select_files(sc, path_regex, recipient, anchor)
     if not check_mode:
-        remove_stale_temps(repo)
-    res = OpResult(skipped=_skipped(sc) + [{"path": u["path"], "reason": u["error"]} for u in sc.unreadable])
-    todo, res.failed = _preflight(todo, ids, workers, continue_on_error, "rotate")
-    if not check_mode and todo:
-        errors = _map(_apply_rotate, [(fp.path, ids) for fp in todo], workers)
-        res.failed += [{"path": fp.rel, "error": e} for fp, e in zip(todo, errors, strict=True) if e]
-        todo = [fp for fp, e in zip(todo, errors, strict=True) if not e]
-    res.changed_files = [fp.rel for fp in todo]
-    res.changes = [{"path": fp.rel, "rotated": True} for fp in todo]
-    res.counts = {"sops_files": len(sc.files), "changed": len(todo), "failed": len(res.failed),
+        remove_stale_temps(sc.repo)
+    rels = [fp.rel for fp in todo]
+    results = _map(_rotate_one, [(fp.path, ids, check_mode) for fp in todo], workers)
+    changed, failed = _finish("rotate", rels, results, continue_on_error, check_mode)
+    res = OpResult(failed=failed, skipped=_skipped(sc))
+    res.changed_files = [rel for rel, _ in changed]
+    res.changes = [{"path": rel, "rotated": True} for rel in res.changed_files]
+    res.counts = {"sops_files": len(sc.files), "changed": len(changed), "failed": len(failed),
                   "not_sops": len(sc.not_sops)}
     return res
 

@@ -26,7 +26,8 @@ class LockedError(RuntimeError):
     """Another process holds the lock; the message names the holder."""
 
 
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
+    """fsync a directory so a rename in it survives a power cut (best effort)."""
     try:
         fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
@@ -39,13 +40,13 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes | str, mode: int | None = None, default_mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically.
+def stage_write(path: str, data: bytes | str, mode: int | None = None, default_mode: int = 0o600) -> str:
+    """Write ``data`` to a fsynced temp file beside ``path`` and return the temp's path.
 
-    The temp file is created in the same directory, fsynced and renamed over
-    ``path``. An existing file's mode and owner are kept unless ``mode`` is
-    given; a new file gets ``mode`` or ``default_mode``. On any failure the
-    temp file is removed and ``path`` is left as it was.
+    The temp gets ``mode``, else the mode and owner of the existing ``path``,
+    else ``default_mode``. Nothing is visible at ``path`` until
+    commit_staged(); a fleet operation stages every file before committing
+    any, so a failure halfway writes nothing.
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -70,12 +71,41 @@ def atomic_write(path: str, data: bytes | str, mode: int | None = None, default_
                 with contextlib.suppress(PermissionError):
                     os.fchown(fh.fileno(), st.st_uid, st.st_gid)
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(directory)
+    return tmp
+
+
+def commit_staged(tmp: str, path: str, sync_dir: bool = True) -> None:
+    """Rename a staged temp over ``path`` (atomic) and fsync the directory."""
+    os.replace(tmp, path)
+    if sync_dir:
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def discard_staged(tmps: list[str]) -> None:
+    """Remove staged temps that will not be committed."""
+    for tmp in tmps:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def atomic_write(path: str, data: bytes | str, mode: int | None = None, default_mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically.
+
+    The temp file is created in the same directory, fsynced and renamed over
+    ``path``. An existing file's mode and owner are kept unless ``mode`` is
+    given; a new file gets ``mode`` or ``default_mode``. On any failure the
+    temp file is removed and ``path`` is left as it was.
+    """
+    tmp = stage_write(path, data, mode, default_mode)
+    try:
+        commit_staged(tmp, os.path.abspath(path))
+    except BaseException:
+        discard_staged([tmp])
+        raise
 
 
 def ensure_private_dir(path: str, mode: int = 0o700) -> bool:

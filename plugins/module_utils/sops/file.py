@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
@@ -478,13 +478,15 @@ def updatekeys(
     identities: Identities = None,
     shamir_threshold: int | None = None,
     dry_run: bool = False,
+    write: Callable[[str, bytes], None] | None = None,
 ) -> tuple[bool, set[str], set[str]]:
     """Re-wrap the same data key for ``key_groups`` (``sops updatekeys -y``).
 
     Values, ``mac`` and ``lastmodified`` stay; only the metadata block is
     replaced, in sops' layout, so every other byte is kept. Recipients that
     stay keep their ``enc`` (sops re-encrypts them; both are valid). Returns
-    (changed, added recipients, removed recipients).
+    (changed, added recipients, removed recipients). ``write(path, data)``
+    replaces the atomic write (a fleet operation stages every file first).
     """
     data = _read(path)
     sf = SopsFile(path, data)
@@ -523,7 +525,7 @@ def updatekeys(
         pos = end
     out += data[pos:]
     if not dry_run:
-        _write(path, bytes(out))
+        (write or _write)(path, bytes(out))
     return True, added, removed
 
 

@@ -19,10 +19,17 @@ from tests.lib.secrets_repo import REPO_ROOT, make_repo, sops_decrypt
 
 pytestmark = pytest.mark.slow
 
+# Renames are fast, so a random kill rarely lands between two of them; a slow disk is simulated
+# (3 ms per rename) so that kills land while staging, while renaming, and after.
 REKEY = """
-import sys
+import sys, time
 sys.path.insert(0, {coll!r})
 from ansible_collections.nixfleet.sops.plugins.module_utils import fleet, fsutil
+_commit = fleet.commit_staged
+def slow_commit(*a, **k):
+    time.sleep(0.003)
+    return _commit(*a, **k)
+fleet.commit_staged = slow_commit
 with fsutil.repo_lock({repo!r}):
     fleet.rekey({repo!r}, [{ident!r}], workers={workers})
 print("done")
@@ -52,7 +59,7 @@ def test_sigkill_during_rekey_leaves_every_file_old_or_new(tmp_path, sops_bin):
     for _attempt in range(8):
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
-        time.sleep(rng.uniform(0.4, 2.0))
+        time.sleep(rng.uniform(0.5, 2.5))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

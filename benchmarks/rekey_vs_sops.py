@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Fleet rekey: nixfleet.sops against a `sops updatekeys -y` loop, on the same data, in the same run.
+
+Builds a secrets repository of N sops files, each encrypted to M recipients,
+then adds one recipient to the creation rule that covers them all, and times
+three ways of bringing every file to the new rule, each on its own copy:
+
+  sops loop   `sops updatekeys -y FILE` once per file (what the justfile does)
+  engine      nixfleet's fleet.rekey() in one Python process
+  playbook    `ansible-playbook playbooks/rekey.yml` (Ansible start-up included)
+
+and prints the ratios. Afterwards it checks that every file of the engine
+and playbook copies has the new recipient (and spot-checks with the real sops).
+
+  python benchmarks/rekey_vs_sops.py --files 200 --recipients 20
+  python benchmarks/rekey_vs_sops.py --files 10000 --recipients 50 --no-sops-loop --no-playbook
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO_ROOT, ".collections"))
+
+from ansible_collections.nixfleet.sops.plugins.module_utils import age, fleet  # noqa: E402
+from ansible_collections.nixfleet.sops.plugins.module_utils import sops as engine  # noqa: E402
+
+
+def build(base: str, n_files: int, n_recipients: int) -> tuple[str, str, list[str]]:
+    """Repo with n_files files for n_recipients recipients; rule already names one more. Returns (repo, keyfile, recipients)."""
+    repo = os.path.join(base, "template")
+    os.makedirs(os.path.join(repo, "sops"))
+    identities = [age.generate_identity() for _ in range(n_recipients + 1)]
+    recipients = [age.recipient_from_identity(i) for i in identities]
+    keyfile = os.path.join(base, "admin-keys.txt")
+    with open(keyfile, "w") as fh:
+        fh.write(age.format_identity_file(identities[0]))
+    os.chmod(keyfile, 0o600)
+    lines = ["keys:", "  users:"] + [f"    - &r{i} {r}" for i, r in enumerate(recipients)]
+    lines += ["creation_rules:", r"  - path_regex: sops/.*\.yaml$", "    key_groups:", "      - age:"]
+    lines += [f"          - *r{i}" for i in range(len(recipients))]
+    with open(os.path.join(repo, ".sops.yaml"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    # A few distinct files (own data keys), copied to reach n_files: the per-file work of a
+    # rekey (parse metadata, unwrap the data key, wrap it for every recipient, write) is the same.
+    distinct = min(n_files, 50)
+    for i in range(distinct):
+        engine.encrypt_file(
+            os.path.join(repo, "sops", f"f{i:05d}.yaml"),
+            {"name": f"file {i}", "password": f"secret-{i}", "nested": {"list": [1, 2, 3], "flag": True}},
+            [recipients[:n_recipients]],
+        )
+    for i in range(distinct, n_files):
+        shutil.copyfile(os.path.join(repo, "sops", f"f{i % distinct:05d}.yaml"),
+                        os.path.join(repo, "sops", f"f{i:05d}.yaml"))
+    return repo, keyfile, recipients
+
+
+def env_for(keyfile: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOPS_AGE")}
+    env.update({"SOPS_AGE_KEY_FILE": keyfile, "SOPS_DISABLE_VERSION_CHECK": "1"})
+    return env
+
+
+def time_sops_loop(repo: str, keyfile: str) -> float:
+    sops = os.path.abspath(shutil.which("sops") or os.path.join(os.path.dirname(sys.executable), "sops"))
+    files = sorted(os.listdir(os.path.join(repo, "sops")))
+    env = env_for(keyfile)
+    start = time.perf_counter()
+    for f in files:
+        subprocess.run([sops, "updatekeys", "-y", os.path.join("sops", f)], cwd=repo, env=env, check=True,
+                       capture_output=True)
+    return time.perf_counter() - start
+
+
+def time_engine(repo: str, keyfile: str) -> tuple[float, int]:
+    ids = fleet.collect_identities([keyfile])
+    start = time.perf_counter()
+    res = fleet.rekey(repo, ids)
+    return time.perf_counter() - start, len(res.changed_files)
+
+
+def time_playbook(repo: str, keyfile: str) -> float:
+    env = env_for(keyfile)
+    env.update({"ANSIBLE_CONFIG": os.path.join(REPO_ROOT, "ansible.cfg"),
+                "ANSIBLE_COLLECTIONS_PATH": os.path.join(REPO_ROOT, ".collections")})
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+           os.path.join(REPO_ROOT, "playbooks", "rekey.yml"), "-i", os.path.join(REPO_ROOT, "inventory", "demo.yml"),
+           "-e", json.dumps({"nixfleet_secrets_repo": repo, "nixfleet_commit": False})]
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def check(repo: str, new_recipient: str, keyfile: str, sample: int = 3) -> None:
+    files = sorted(os.listdir(os.path.join(repo, "sops")))
+    for f in files:
+        rec = engine.load(os.path.join(repo, "sops", f)).recipients[0]
+        assert new_recipient in rec, f"{f} lacks the new recipient"
+    sops = os.path.abspath(shutil.which("sops") or os.path.join(os.path.dirname(sys.executable), "sops"))
+    for f in files[:sample]:
+        subprocess.run([sops, "decrypt", os.path.join(repo, "sops", f)], env=env_for(keyfile), check=True,
+                       capture_output=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=200)
+    ap.add_argument("--recipients", type=int, default=20)
+    ap.add_argument("--no-sops-loop", action="store_true", help="skip the sops loop (for very large N)")
+    ap.add_argument("--no-playbook", action="store_true")
+    args = ap.parse_args()
+    base = tempfile.mkdtemp(prefix="nixfleet-bench-")
+    try:
+        t0 = time.perf_counter()
+        template, keyfile, recipients = build(base, args.files, args.recipients)
+        print(f"built {args.files} files x {args.recipients} recipients in {time.perf_counter() - t0:.1f}s "
+              f"(cores: {os.cpu_count()})")
+        copies = {}
+        for name in ("sops", "engine", "playbook"):
+            copies[name] = os.path.join(base, name)
+            shutil.copytree(template, copies[name])
+        results = {}
+        if not args.no_sops_loop:
+            results["sops loop"] = time_sops_loop(copies["sops"], keyfile)
+            check(copies["sops"], recipients[-1], keyfile, sample=0)
+        results["engine"], changed = time_engine(copies["engine"], keyfile)
+        assert changed == args.files, f"engine rekeyed {changed} of {args.files}"
+        check(copies["engine"], recipients[-1], keyfile)
+        if not args.no_playbook:
+            results["playbook"] = time_playbook(copies["playbook"], keyfile)
+            check(copies["playbook"], recipients[-1], keyfile)
+        for name, secs in results.items():
+            print(f"{name:10s} {secs:8.2f} s  ({1000 * secs / args.files:7.2f} ms/file)")
+        if "sops loop" in results:
+            for name in ("engine", "playbook"):
+                if name in results:
+                    print(f"ratio sops loop / {name}: {results['sops loop'] / results[name]:.1f}x")
+        print(json.dumps({"files": args.files, "recipients": args.recipients,
+                          **{k.replace(' ', '_'): round(v, 3) for k, v in results.items()}}))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
