@@ -36,7 +36,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils import sops as engin
 
 
 def build(base: str, n_files: int, n_recipients: int) -> tuple[str, str, list[str]]:
-    """Repo with n_files files for n_recipients recipients; rule already names one more. Returns (repo, keyfile, recipients)."""
+    """n_files files for n_recipients recipients; the rule names one more. Returns (repo, keyfile, recipients)."""
     repo = os.path.join(base, "template")
     os.makedirs(os.path.join(repo, "sops"))
     identities = [age.generate_identity() for _ in range(n_recipients + 1)]
