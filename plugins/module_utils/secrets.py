@@ -1,0 +1,317 @@
+# Copyright: nixfleet.sops contributors
+# MIT License
+"""One value in one sops file: read it, set it, remove it (``sops set`` / ``sops unset``).
+
+The module ``sops_secret`` and the lookup ``secret`` are thin wrappers over this.
+What it adds to the engine: key paths in the forms users write them (sops-nix's
+``keys/age``, a list, sops' ``["keys"]["age"]``), creating a missing file for
+the creation rule of its ``.sops.yaml``, and a diff that names the key paths
+that change without ever showing a value.
+
+Nothing here returns or raises with a secret value in it: errors and diffs
+name files and key paths only.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import sops as engine
+from .sops.file import Identities
+from .sops.tree import comparable, get_path, set_path, strip_comments, unset_path
+from .sops_config import SopsConfig, SopsConfigError
+
+CONFIG_NAME = ".sops.yaml"
+KeyPath = list[str | int]
+# sops' own key path syntax, as `sops set FILE '["a"][0]' VALUE` takes it.
+_SOPS_INDEX = re.compile(r'\[(?:"((?:[^"\\]|\\.)*)"|(-?\d+))\]')
+
+
+# --------------------------------------------------------------------------- key paths
+def parse_key_path(key: Any, path: str | None = None) -> KeyPath:
+    """Normalise a key path to a list of keys (str) and list indexes (int).
+
+    Accepted forms: a list (``["deploy-keys", "nix-config"]``; ints index
+    lists), a string split on ``/`` as sops-nix does for its ``key`` option
+    (``"deploy-keys/nix-config"``), or sops' own syntax (``'["keys"]["age"]'``).
+    Raises SopsKeyPathError (naming ``path``) for an empty path, an empty
+    segment, a path starting with an index, or the reserved top-level ``sops``.
+    """
+    if isinstance(key, str):
+        keypath = _parse_key_string(key, path)
+    elif isinstance(key, (list, tuple)):
+        keypath = []
+        for i, part in enumerate(key):
+            if isinstance(part, bool) or not isinstance(part, (str, int)):
+                raise engine.SopsKeyPathError(
+                    f"invalid key path: element {i + 1} is a {type(part).__name__}; "
+                    "use strings for keys and integers for list indexes", path)
+            keypath.append(part if isinstance(part, int) else str(part))
+    else:
+        raise engine.SopsKeyPathError(
+            f"invalid key path: expected a list or a string like 'keys/age', got a {type(key).__name__}", path)
+    if not keypath:
+        raise engine.SopsKeyPathError("invalid key path: it is empty (give at least one key, e.g. 'keys/age')", path)
+    for i, part in enumerate(keypath):
+        if part == "":
+            raise engine.SopsKeyPathError(f"invalid key path {key!r}: element {i + 1} is an empty key", path)
+    if isinstance(keypath[0], int):
+        raise engine.SopsKeyPathError(
+            f"invalid key path {display_key_path(keypath)!r}: it must start with a key, not a list index", path)
+    if keypath[0] == "sops":
+        raise engine.SopsKeyPathError("invalid key path: the top-level key 'sops' holds sops' own metadata", path)
+    return keypath
+
+
+def _parse_key_string(key: str, path: str | None) -> KeyPath:
+    if key.startswith("["):
+        out: KeyPath = []
+        pos = 0
+        while pos < len(key):
+            m = _SOPS_INDEX.match(key, pos)
+            if m is None:
+                raise engine.SopsKeyPathError(
+                    f"invalid key path {key!r}: sops syntax is [\"key\"] or [index] repeated, "
+                    f"stopped at position {pos + 1}", path)
+            out.append(re.sub(r"\\(.)", r"\1", m.group(1)) if m.group(1) is not None else int(m.group(2)))
+            pos = m.end()
+        return out
+    return list(key.split("/")) if key else []
+
+
+def display_key_path(keypath: KeyPath) -> str:
+    """A key path as users write it: keys joined by ``/``, list indexes as ``[n]``."""
+    return "/".join(f"[{p}]" if isinstance(p, int) else p for p in keypath)
+
+
+# --------------------------------------------------------------------------- inputs
+def read_value_file(path: str) -> str:
+    """The text of ``path`` exactly as stored (trailing newline kept), for use as a value.
+
+    Raises SopsError when it cannot be read or is not UTF-8 (sops values are text).
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise engine.SopsError(f"cannot read value_file: {exc.strerror}", path) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise engine.SopsError("value_file is not UTF-8 text; sops values are text", path) from None
+
+
+def find_config(start: str) -> str | None:
+    """The nearest ``.sops.yaml`` in ``start`` or one of its parents, or None."""
+    current = os.path.abspath(start)
+    while True:
+        candidate = os.path.join(current, CONFIG_NAME)
+        if os.path.isfile(candidate):
+            return candidate
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+
+
+# --------------------------------------------------------------------------- reading
+def read_secret(path: str, keypath: KeyPath | None = None, identities: Identities = None) -> Any:
+    """The decrypted value at ``keypath`` in ``path`` (the whole document when None), comments removed.
+
+    Binary files give their text. Raises SopsError subclasses naming the file
+    and key path (SopsKeyPathError when there is no value at ``keypath``).
+    """
+    sf = engine.load(path)
+    doc = sf.decrypt(identities, keep_comments=False)
+    if isinstance(doc, (bytes, bytearray)):
+        if keypath:
+            raise engine.SopsKeyPathError(
+                f"key path {display_key_path(keypath)!r} given, but this is a binary sops file (no key paths)", path)
+        try:
+            return bytes(doc).decode("utf-8")
+        except UnicodeDecodeError:
+            raise engine.SopsError("the decrypted binary file is not UTF-8 text", path) from None
+    if not keypath:
+        return doc
+    try:
+        return get_path(doc, keypath)
+    except (KeyError, IndexError, TypeError):
+        raise engine.SopsKeyPathError(f"no value at key path {display_key_path(keypath)!r}", path) from None
+
+
+# --------------------------------------------------------------------------- diffs
+def leaf_paths(tree: Any, prefix: KeyPath | None = None) -> list[KeyPath]:
+    """Key paths of the leaves of ``tree`` under ``prefix``; an empty mapping or list is a leaf."""
+    prefix = list(prefix or [])
+    if isinstance(tree, dict) and tree:
+        return [p for k, v in tree.items() for p in leaf_paths(v, prefix + [k])]
+    if isinstance(tree, list) and tree:
+        return [p for i, v in enumerate(tree) for p in leaf_paths(v, prefix + [i])]
+    return [prefix]
+
+
+def changed_key_paths(before: Any, after: Any, prefix: KeyPath | None = None) -> list[tuple[KeyPath, str]]:
+    """Key paths whose values differ between two plain trees: (key path, 'added'|'changed'|'removed').
+
+    A subtree that appears or disappears is reported by its leaves (an empty
+    mapping or list by itself). Values are compared, never returned.
+    """
+    prefix = list(prefix or [])
+    if isinstance(before, dict) and isinstance(after, dict):
+        out: list[tuple[KeyPath, str]] = []
+        for k, v in before.items():
+            if k in after:
+                out += changed_key_paths(v, after[k], prefix + [k])
+            else:
+                out += [(p, "removed") for p in leaf_paths(v, prefix + [k])]
+        for k, v in after.items():
+            if k not in before:
+                out += [(p, "added") for p in leaf_paths(v, prefix + [k])]
+        return out
+    if isinstance(before, list) and isinstance(after, list):
+        out = []
+        for i in range(max(len(before), len(after))):
+            if i >= len(after):
+                out += [(p, "removed") for p in leaf_paths(before[i], prefix + [i])]
+            elif i >= len(before):
+                out += [(p, "added") for p in leaf_paths(after[i], prefix + [i])]
+            else:
+                out += changed_key_paths(before[i], after[i], prefix + [i])
+        return out
+    if comparable(before) != comparable(after):
+        return [(prefix, "changed")]
+    return []
+
+
+# --------------------------------------------------------------------------- writing
+@dataclass
+class SecretChange:
+    """What ``ensure_secret`` did (or would do in a dry run); holds no value."""
+
+    path: str
+    key: KeyPath
+    state: str
+    changed: bool = False
+    created: bool = False
+    existed: bool = False  # whether the key path held a value before
+    changes: list[tuple[KeyPath, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The module's return values (no secret in them)."""
+        return {"changed": self.changed, "path": self.path, "key": list(self.key), "created": self.created}
+
+    def diff(self) -> dict[str, str]:
+        """Ansible diff: the key paths that change, as ``path: (set)`` before and ``path: (status)`` after."""
+        if not self.changed:
+            text = f"{display_key_path(self.key)}: (set)\n" if self.existed else ""
+            return {"before": text, "after": text, "before_header": self.path, "after_header": self.path}
+        before = "".join(f"{display_key_path(p)}: (set)\n" for p, s in self.changes if s != "added")
+        after = "".join(f"{display_key_path(p)}: ({s})\n" for p, s in self.changes)
+        return {
+            "before": before,
+            "after": after,
+            "before_header": f"{self.path} (absent)" if self.created else self.path,
+            "after_header": self.path,
+        }
+
+
+def _diff_or_key(before: Any, after: Any, keypath: KeyPath, fallback: str) -> list[tuple[KeyPath, str]]:
+    # Only comments differ (or the trees compare equal once comments are dropped): name the key path itself.
+    return changed_key_paths(before, after) or [(list(keypath), fallback)]
+
+
+def _create(path: str, keypath: KeyPath, value: Any, config: str | None, dry_run: bool) -> SecretChange:
+    fmt = engine.format_for_path(path)
+    if fmt == "binary":
+        raise engine.SopsError(
+            "does not exist and its name has no extension sops reads as a structured file "
+            "(.yaml, .yml, .json, .env, .ini), so it cannot hold key paths", path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise engine.SopsError(f"cannot create it: directory {directory} does not exist", path)
+    if config is None:
+        config = find_config(directory)
+        if config is None:
+            raise SopsConfigError(
+                f"{path}: does not exist, and no {CONFIG_NAME} was found in {directory} or its parents to "
+                "create it from; pass config or create the file first")
+    try:
+        rule = SopsConfig.load(config).rule_for(os.path.abspath(path))
+    except SopsConfigError as exc:
+        raise SopsConfigError(f"{path}: cannot create it: {exc}") from None
+    if rule.other_keys:
+        raise engine.SopsError(
+            f"cannot create it: {rule.describe()} in {config} (line {rule.line}) also names "
+            f"{', '.join(sorted(rule.other_keys))} keys, and only age recipients can be encrypted for here", path)
+    if not rule.key_groups or not all(rule.key_groups):
+        raise engine.SopsError(
+            f"cannot create it: {rule.describe()} in {config} (line {rule.line}) names no age recipient "
+            "(in at least one key group)", path)
+    tree, _ = set_path({}, list(keypath), value)
+    options = {k: v for k, v in rule.fields.items() if v not in (None, "", False)}
+    engine.encrypt_file(path, tree, rule.key_groups, options or None, rule.shamir_threshold, dry_run=dry_run)
+    return SecretChange(path=path, key=list(keypath), state="present", changed=True, created=True,
+                        changes=_diff_or_key({}, strip_comments(tree), keypath, "added"))
+
+
+def ensure_secret(
+    path: str,
+    keypath: KeyPath,
+    value: Any = None,
+    state: str = "present",
+    identities: Identities = None,
+    config: str | None = None,
+    create: bool = True,
+    dry_run: bool = False,
+) -> SecretChange:
+    """Bring the value at ``keypath`` of sops file ``path`` to ``value`` (present) or remove it (absent).
+
+    ``changed`` is decided the same way with and without ``dry_run``; a dry
+    run writes nothing. Setting the value the key path already holds leaves
+    the file untouched (bytes and mtime). A missing file is created when
+    ``create`` (present only) for the recipients, key groups, Shamir threshold
+    and options of its creation rule in ``config`` (default: the nearest
+    ``.sops.yaml`` above the file). Removing from a missing file, or a key path
+    that is not there, changes nothing.
+    """
+    if state not in ("present", "absent"):
+        raise ValueError(f"state must be 'present' or 'absent', not {state!r}")
+    keypath = list(keypath)
+    if not keypath:
+        raise engine.SopsKeyPathError("invalid key path: it is empty", path)
+    if not os.path.exists(path):
+        if state == "absent":
+            return SecretChange(path=path, key=keypath, state=state)
+        if not create:
+            raise engine.SopsError("file not found (set create=true to create it for its .sops.yaml rule)", path)
+        return _create(path, keypath, value, config, dry_run)
+
+    sf = engine.load(path)
+    if sf.format == "binary":
+        raise engine.SopsError("binary sops files hold no key paths", path)
+    kr = engine.keyring(identities)
+    doc = sf.decrypt(kr)
+    try:
+        get_path(doc, keypath)
+        existed = True
+    except (KeyError, IndexError, TypeError):
+        existed = False
+    result = SecretChange(path=path, key=keypath, state=state, existed=existed)
+    before = strip_comments(doc)
+    if state == "present":
+        # The engine's own set_path decides, so the answer here is the one set_value gives.
+        new_doc, changed = set_path(copy.deepcopy(doc), keypath, value)
+        if changed:
+            result.changed = engine.set_value(path, keypath, value, identities=kr, dry_run=dry_run)
+            result.changes = _diff_or_key(before, strip_comments(new_doc), keypath, "changed")
+        return result
+    if not existed:
+        return result
+    new_doc = unset_path(copy.deepcopy(doc), keypath)
+    result.changed = engine.unset_value(path, keypath, identities=kr, dry_run=dry_run)
+    result.changes = _diff_or_key(before, strip_comments(new_doc), keypath, "removed")
+    return result
