@@ -203,17 +203,21 @@ def generate_identity() -> str:
     return identity_from_scalar(os.urandom(32))
 
 
-def format_identity_file(identity: str, created: str | None = None) -> str:
-    """The text of a key file in age-keygen's layout (comments, then the identity)."""
+def format_identity_file(identity: str, created: str | None = None, stamp: bool = True) -> str:
+    """The text of a key file in age-keygen's layout (comments, then the identity).
+
+    ``stamp=False`` leaves out the creation date, so the same identity always
+    gives the same bytes (staged copies must not differ from run to run).
+    """
     import datetime
 
-    when = created or datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
-    when = when.replace("+00:00", "Z")
-    return (
-        f"# created: {when}\n"
-        f"# public key: {recipient_from_identity(identity)}\n"
-        f"{validate_identity(identity)}\n"
-    )
+    lines = []
+    if stamp:
+        when = created or datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+        lines.append(f"# created: {when.replace('+00:00', 'Z')}")
+    lines.append(f"# public key: {recipient_from_identity(identity)}")
+    lines.append(validate_identity(identity))
+    return "\n".join(lines) + "\n"
 
 
 def parse_identities(text: str, source: str = "<input>") -> list[str]:

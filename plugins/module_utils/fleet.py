@@ -306,6 +306,7 @@ def rekey(
     check_mode: bool = False,
     continue_on_error: bool = False,
     workers: int | None = None,
+    config: SopsConfig | None = None,
 ) -> OpResult:
     """Bring every sops file to the recipients its creation rule names (``sops updatekeys`` for the fleet).
 
@@ -313,14 +314,16 @@ def rekey(
     values, MAC and lastmodified are untouched. Every new version is staged
     (written and fsynced beside its file) before any is renamed into place:
     when a file that needs a change cannot be opened, nothing is written and
-    FleetError lists the files (unless ``continue_on_error``).
+    FleetError lists the files (unless ``continue_on_error``). ``config`` (an
+    edited, unsaved ``.sops.yaml``) lets check mode plan against pending edits.
     """
     repo = os.path.abspath(repo)
     ids = tuple(identities) if identities is not None else None
     cfg_path = config_path(repo)
-    if not os.path.exists(cfg_path):
-        raise FleetError(f"{repo} has no {CONFIG_NAME}: is this the secrets repository?")
-    config = SopsConfig.load(cfg_path)
+    if config is None:
+        if not os.path.exists(cfg_path):
+            raise FleetError(f"{repo} has no {CONFIG_NAME}: is this the secrets repository?")
+        config = SopsConfig.load(cfg_path)
     names = recipient_names(config)
     rels = iter_candidate_files(repo, include)
     jobs, rules, broken = [], [], []

@@ -145,7 +145,10 @@ def repo_lock(directory: str, name: str = ".nixfleet-sops.lock", purpose: str = 
     error a second run sees names the holder. The kernel releases the lock when
     the holder dies, so a killed run never leaves the repository locked.
     """
-    lock_path = os.path.join(directory, name)
+    # Inside .git (or .jj) the lock file never shows up as an untracked file in the user's repo.
+    home = next((os.path.join(directory, d) for d in (".git", ".jj") if os.path.isdir(os.path.join(directory, d))),
+                directory)
+    lock_path = os.path.join(home, name)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:

@@ -23,6 +23,12 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [AgeKeyError, LockedError, InventoryError, VcsError]
     try:
+        from .bootstrap import BootstrapError
+
+        errors.append(BootstrapError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
         from .sops import SopsError
         from .sops_config import SopsConfigError
 
