@@ -62,7 +62,8 @@ def test_demo_bootstrap_end_to_end(demo, sops_bin):
         assert sops_decrypt(sops_bin, os.path.join(repo, rel), admin).returncode == 0
     # The user's key on the host is the one registered as &rain_griefling.
     user_ids = age.read_identity_file(os.path.join(root, "persist/home/rain/.config/sops/age/keys.txt"))
-    assert f"&rain_griefling {age.recipient_from_identity(user_ids[0])}" in open(os.path.join(repo, ".sops.yaml")).read()
+    config_text = open(os.path.join(repo, ".sops.yaml")).read()
+    assert f"&rain_griefling {age.recipient_from_identity(user_ids[0])}" in config_text
     modes = {rel: stat.S_IMODE(os.stat(os.path.join(root, rel)).st_mode) for rel in (
         "etc/ssh/ssh_host_ed25519_key", "etc/ssh/ssh_host_ed25519_key.pub", "var/lib/sops-nix/key.txt",
         "persist/etc/ssh/ssh_host_ed25519_key", "persist/home/rain/.config/sops/age/keys.txt",
