@@ -69,3 +69,30 @@ def run_guarded(module: Any, work: Callable[[], T], **fail_extra: Any) -> T:
     except Exception as exc:  # noqa: BLE001 - a module must never end in a traceback
         module.fail_json(msg=f"unexpected {type(exc).__name__}: {one_line(exc)}", **fail_extra)
     raise AssertionError("fail_json returned")  # pragma: no cover
+
+
+def exit_keypair(module: Any, res: Any, path: str, state: str) -> None:
+    """Finish a keypair module: apply file attributes (mode 0600 by default), diff, exit.
+
+    In check mode, attributes are only checked when the key itself would not
+    change (a new file's attributes are decided when it is written).
+    """
+    changed = res.changed
+    if state == "present" and (not module.check_mode or not res.changed):
+        changed = module.set_fs_attributes_if_different(module.load_file_common_arguments(module.params), changed)
+    out = dict(changed=changed, path=path, actions=res.actions, **res.public)
+    if module._diff:
+        out["diff"] = res.diff()
+    module.exit_json(**out)
+
+
+def exit_fleet_op(module: Any, res: Any, what: str, repo: str, continue_on_error: bool) -> None:
+    """Finish a fleet module (rekey, rotate): results, per-file diff, fail when files failed."""
+    from .fleet import changes_diff
+
+    out = dict(changed=bool(res.changed_files), **res.as_dict())
+    if module._diff:
+        out["diff"] = changes_diff(res.changes, repo)
+    if res.failed and not continue_on_error:
+        module.fail_json(msg=f"{what} failed for: " + ", ".join(f["path"] for f in res.failed), **out)
+    module.exit_json(**out)

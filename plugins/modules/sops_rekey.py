@@ -107,7 +107,7 @@ from contextlib import nullcontext
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.nixfleet.sops.plugins.module_utils import fleet
 from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_lock
-from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import run_guarded
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import exit_fleet_op, run_guarded
 
 
 def main() -> None:
@@ -130,13 +130,7 @@ def main() -> None:
             return fleet.rekey(p["repo"], ids, p["include"], module.check_mode, p["continue_on_error"], p["workers"])
 
     res = run_guarded(module, work)
-    out = dict(changed=bool(res.changed_files), **res.as_dict())
-    if module._diff:
-        out["diff"] = fleet.changes_diff(res.changes, p["repo"])
-    if res.failed and not p["continue_on_error"]:
-        module.fail_json(msg="rekey failed for: " + ", ".join(f["path"] for f in res.failed), **out)
-    module.exit_json(**out)
-
+    exit_fleet_op(module, res, "rekey", p["repo"], p["continue_on_error"])
 
 if __name__ == "__main__":
     main()

@@ -87,8 +87,8 @@ actions:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.nixfleet.sops.plugins.module_utils.age import AgeKeyError
 from ansible_collections.nixfleet.sops.plugins.module_utils.keypairs import ensure_ssh_keypair
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import exit_keypair, run_guarded
 
 
 def main() -> None:
@@ -104,17 +104,12 @@ def main() -> None:
         add_file_common_args=True,
     )
     p = module.params
-    try:
-        res = ensure_ssh_keypair(p["path"], p["comment"], p["state"], p["regenerate"], module.check_mode)
-    except (AgeKeyError, OSError) as exc:
-        module.fail_json(msg=str(exc), path=p["path"])
-    changed = res.changed
-    if p["state"] == "present" and (not module.check_mode or not res.changed):
-        changed = module.set_fs_attributes_if_different(module.load_file_common_arguments(p), changed)
-    out = dict(changed=changed, path=p["path"], actions=res.actions, **res.public)
-    if module._diff:
-        out["diff"] = res.diff()
-    module.exit_json(**out)
+
+    def work():
+        return ensure_ssh_keypair(p["path"], p["comment"], p["state"], p["regenerate"], module.check_mode)
+
+    res = run_guarded(module, work, path=p["path"])
+    exit_keypair(module, res, p["path"], p["state"])
 
 
 if __name__ == "__main__":
