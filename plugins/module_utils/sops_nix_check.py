@@ -199,71 +199,24 @@ def identity_recipient(identity: str) -> str:
 
 # --------------------------------------------------------------------------- sops files (controller side)
 def file_recipients(path: str) -> list[str]:
-    """The age recipients a sops file lists in its metadata, in file order.
+    """The age recipients a sops file lists in its metadata (all key groups), in file order.
 
-    TODO(engine): switch to the native sops engine (plugins/module_utils/sops/) once it can
-    load metadata; this reads only the ``sops`` block: ``age[].recipient`` and
-    ``key_groups[].age[].recipient``, for YAML/JSON (top-level ``sops`` key), binary (stored
-    as JSON), dotenv (``sops_age__list_N__map_recipient``) and INI (``[sops]`` section).
+    Runs on the controller only: it reads the metadata with the native sops
+    engine, which needs pyrage, so the import stays inside the function and
+    the target side of this module keeps to the standard library.
     Raises VerifyError when the file cannot be read or has no sops metadata.
     """
+    from . import sops as engine
+
+    if not os.path.exists(path):
+        raise VerifyError("the file does not exist")
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except FileNotFoundError:
-        raise VerifyError("the file does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise VerifyError(f"cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
-    ext = os.path.splitext(path)[1].lower()
-    if ext in (".env",):
-        return _flat_recipients(re.findall(r"^sops_(?:age|key_groups\S*?age)__list_\d+__map_recipient=(.*)$",
-                                           text, re.M))
-    if ext == ".ini":
-        section = re.search(r"^\[sops\]\s*$(.*?)(?=^\[|\Z)", text, re.M | re.S)
-        if not section:
-            raise VerifyError("no [sops] section: the file is not encrypted with sops")
-        return _flat_recipients(re.findall(r"^\s*(?:age|key_groups\S*?age)__list_\d+__map_recipient\s*=\s*(.*)$",
-                                           section.group(1), re.M))
-    if ext in (".yaml", ".yml"):
-        doc = _load_yaml(text)
-    else:
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            raise VerifyError("not JSON (sops stores binary and .json files as JSON)") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("sops"), dict):
-        raise VerifyError("no top-level 'sops' metadata: the file is not encrypted with sops")
-    meta = doc["sops"]
-    found: list[str] = []
-    entries = list(meta.get("age") or [])
-    for group in meta.get("key_groups") or []:
-        if isinstance(group, dict):
-            entries.extend(group.get("age") or [])
-    for entry in entries:
-        if isinstance(entry, dict) and isinstance(entry.get("recipient"), str):
-            found.append(entry["recipient"].strip())
-    return found
-
-
-def _flat_recipients(values: list[str]) -> list[str]:
-    return [v.strip().strip('"').strip("'") for v in values]
-
-
-def _load_yaml(text: str) -> Any:
-    try:
-        import yaml  # the controller has PyYAML (Ansible needs it); a bare target may not
-    except ImportError:
-        # Enough for sops' own layout: `recipient: age1…` lines inside the sops block.
-        start = re.search(r"^sops:\s*$", text, re.M)
-        if not start:
-            raise VerifyError("no top-level 'sops' metadata: the file is not encrypted with sops") from None
-        block = text[start.end() :]
-        return {"sops": {"age": [{"recipient": r.strip().strip('"')}
-                                 for r in re.findall(r"recipient:\s*(\S.*)$", block, re.M)]}}
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise VerifyError("not valid YAML") from None
+        sf = engine.load(path)
+    except engine.SopsNotEncryptedError:
+        raise VerifyError("no sops metadata: the file is not encrypted with sops") from None
+    except engine.SopsError as exc:
+        raise VerifyError(exc.message) from None
+    return [r for group in sf.recipients for r in group]
 
 
 def map_sops_file(manifest_path: str, repo: str | None) -> str:
