@@ -91,3 +91,33 @@ def test_rekey_refuses_and_writes_nothing_without_identity(tmp_path):
     assert "sops/shared.yaml" in run.stdout and "nothing was written" in run.stdout
     assert "AGE-SECRET-KEY" not in run.stdout + run.stderr
     assert _snapshot(repo) == before
+
+
+def test_second_run_is_refused_while_the_repo_is_locked(tmp_path):
+    import sys
+    import time
+
+    from tests.lib.runner import run_module
+
+    repo = make_repo(str(tmp_path), hosts=("alpha",))
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; sys.path.insert(0, sys.argv[1]);"
+         "from ansible_collections.nixfleet.sops.plugins.module_utils import fsutil;"
+         "cm = fsutil.repo_lock(sys.argv[2], purpose='sops_rekey'); cm.__enter__(); print('locked', flush=True);"
+         "time.sleep(30)",
+         os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), ".collections"),
+         repo.path],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _snapshot(repo)
+        res = run_module("sops_rekey", {"repo": repo.path, "age_keys": [repo.identities["admin"]]})
+        assert res.failed
+        assert f"locked by another nixfleet.sops run (pid {holder.pid} " in res.msg and "sops_rekey" in res.msg
+        assert _snapshot(repo) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    assert not run_module("sops_rekey", {"repo": repo.path, "age_keys": [repo.identities["admin"]]}).failed
