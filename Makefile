@@ -53,9 +53,11 @@ lint: venv collection
 docs: venv collection
 	@for m in $$(ls plugins/modules/*.py | xargs -n1 basename | sed 's/\.py$$//'); do \
 	  $(BIN)/ansible-doc -t module nixfleet.sops.$$m >/dev/null || { echo "ansible-doc failed for $$m"; exit 1; }; done
-	@for f in $$(ls plugins/filter/*.py | xargs grep -l "^DOCUMENTATION" | xargs -n1 basename | sed 's/\.py$$//'); do \
-	  $(BIN)/ansible-doc -t filter nixfleet.sops.$$f >/dev/null || { echo "ansible-doc failed for filter $$f"; exit 1; }; done
-	@echo "ansible-doc renders every module and filter"
+	@for t in filter lookup; do for f in $$(ls plugins/$$t/*.py | xargs grep -l "^DOCUMENTATION" | xargs -n1 basename | sed 's/\.py$$//'); do \
+	  $(BIN)/ansible-doc -t $$t nixfleet.sops.$$f >/dev/null || { echo "ansible-doc failed for $$t $$f"; exit 1; }; done; done
+	@for r in $$(ls roles); do \
+	  $(BIN)/ansible-doc -t role nixfleet.sops.$$r >/dev/null || { echo "ansible-doc failed for role $$r"; exit 1; }; done
+	@echo "ansible-doc renders every module, filter, lookup and role"
 
 unit: venv collection
 	$(BIN)/pytest -q tests
