@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import struct
 from dataclasses import dataclass
 
@@ -40,6 +41,23 @@ _ED25519_ONLY = (
 
 class AgeKeyError(ValueError):
     """Bad key input. The message names the problem and where, never the key."""
+
+
+_SECRET_PATTERNS = (
+    re.compile(r"AGE-SECRET-KEY-1[0-9A-Za-z]*"),
+    re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|$)", re.S),
+)
+
+
+def redact(text: str) -> str:
+    """Replace anything that looks like private key material in ``text`` with ``<redacted>``.
+
+    The last line of defence for messages that quote user input (a key pasted
+    into the wrong place of ``.sops.yaml`` must not end up in task output).
+    """
+    for pat in _SECRET_PATTERNS:
+        text = pat.sub("<redacted>", text)
+    return text
 
 
 # --------------------------------------------------------------------------- bech32

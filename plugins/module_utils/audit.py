@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import fleet, keyinventory
+from .age import redact
 
 SSH_PREFIXES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-", "ssh-dss")
 ERROR, WARNING = "error", "warning"
@@ -46,8 +47,8 @@ class Audit:
     counts: dict[str, int] = field(default_factory=dict)
 
     def add(self, kind: str, message: str, severity: str = ERROR, **where: Any) -> None:
-        item = {"kind": kind, "severity": severity, "message": message, "fix": FIXES.get(kind, "")}
-        item.update({k: v for k, v in where.items() if v is not None})
+        item = {"kind": kind, "severity": severity, "message": redact(message), "fix": FIXES.get(kind, "")}
+        item.update({k: redact(v) if isinstance(v, str) else v for k, v in where.items() if v is not None})
         self.findings.append(item)
 
     def as_dict(self) -> dict[str, Any]:
@@ -81,7 +82,7 @@ def run(
 ) -> Audit:
     """Audit ``repo``. ``hosts`` (inventory hostnames) enables the host-without-key check;
     ``break_glass_anchor`` enables break-glass coverage (default: an anchor named break-glass if any)."""
-    sc = fleet.scan(repo, workers=workers)
+    sc = fleet.scan(repo, workers=workers, strict=False)
     cfg = sc.config
     anchors = cfg.anchors()
     names = {a.recipient: n for n, a in anchors.items()}

@@ -153,6 +153,17 @@ def _read_existing(path: str, keypath: list[str], identities: Any) -> str | None
     return value if isinstance(value, str) else None
 
 
+def _parse_stored(parse: Any, rel: str, keypath: str) -> Any:
+    """Parse a key stored in the repository; a bad one is an error naming the file and key path."""
+    try:
+        return parse()
+    except age.AgeKeyError as exc:
+        raise BootstrapError(
+            f"{rel} {keypath}: the stored key is not usable ({exc}); fix it with sops, or regenerate it "
+            "(regenerate: [host|user|deploy]) knowing that the old key is then replaced"
+        ) from None
+
+
 def _check_rule_target(config: SopsConfig, repo: str, rel: str, wanted_regex: str, host: str) -> None:
     """The file must be governed by its own rule, not shadowed by an earlier broader one."""
     rule = config.rule_for(os.path.join(repo, rel))
@@ -186,14 +197,14 @@ def ensure_host_keys(
     # 1. keys: reuse what the repository holds, generate the rest
     host_pem = None if "host" in spec.regenerate else _read_existing(host_key_path, [HOST_KEY_NAME], kr)
     if host_pem:
-        host_kp = sshkeys.from_private(host_pem)
+        host_kp = _parse_stored(lambda: sshkeys.from_private(host_pem), spec.host_key_file, HOST_KEY_NAME)
         res.reused.append("host key")
     else:
         host_kp = sshkeys.generate(f"root@{spec.host}")
         res.generated.append("host key")
     user_identity = None if "user" in spec.regenerate else _read_existing(host_file_path, ["keys", "age"], kr)
     if user_identity:
-        user_identity = age.validate_identity(user_identity)
+        user_identity = _parse_stored(lambda: age.validate_identity(user_identity), spec.host_file, "keys/age")
         res.reused.append("user key")
     else:
         user_identity = age.generate_identity()
@@ -202,7 +213,8 @@ def ensure_host_keys(
     for name in spec.deploy_repos:
         pem = None if "deploy" in spec.regenerate else _read_existing(host_file_path, ["deploy-keys", name], kr)
         if pem:
-            deploy[name] = sshkeys.from_private(pem)
+            deploy[name] = _parse_stored(lambda pem=pem: sshkeys.from_private(pem), spec.host_file,
+                                         f"deploy-keys/{name}")
             res.reused.append(f"deploy key {name}")
         else:
             deploy[name] = sshkeys.generate(f"{spec.host}-{name}-deploy")
@@ -226,6 +238,9 @@ def ensure_host_keys(
     if leaked or host_recipient in host_key_rule.recipients or user_recipient in host_key_rule.recipients:
         raise BootstrapError(f"{spec.host}: the rule for {spec.host_key_file} must name admins only")
     res.config_after = config.text
+    # Before anything is written: every file the new rules change must open with the admin
+    # identities, else the rekey at the end would refuse and leave a half-registered host.
+    plan = fleet.rekey(repo, kr.identities if kr else None, check_mode=True, config=config)
     if any(edits):
         res.touch(".sops.yaml")
         if not check_mode:
@@ -251,10 +266,7 @@ def ensure_host_keys(
             put(host_file_path, spec.host_file, ["deploy-keys", name], kp.private_pem.decode())
 
     # 4. rekey what the new rules changed, record the keys
-    if not check_mode:
-        rk = fleet.rekey(repo, kr.identities if kr else None)
-    else:
-        rk = fleet.rekey(repo, kr.identities if kr else None, check_mode=True, config=config)
+    rk = plan if check_mode else fleet.rekey(repo, kr.identities if kr else None)
     for rel in rk.changed_files:
         res.rekeyed.append(rel)
         res.touch(rel)

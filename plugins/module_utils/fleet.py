@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import sops as engine
-from .fsutil import commit_staged, discard_staged, fsync_dir, remove_stale_temps, stage_write
-from .sops_config import SopsConfig, SopsConfigError
+from .age import AgeKeyError, redact, validate_recipient
+from .fsutil import commit_staged, discard_staged, fsync_dir, is_staged_temp, remove_stale_temps, stage_write
+from .sops_config import NoMatchingRuleError, SopsConfig, SopsConfigError, compile_path_regex
 
 CONFIG_NAME = ".sops.yaml"
 # Directories under the secrets repo that never hold sops files.
@@ -84,9 +85,38 @@ def config_path(repo: str) -> str:
     return os.path.join(repo, CONFIG_NAME)
 
 
+def check_rules(config: SopsConfig) -> None:
+    """Refuse a ``.sops.yaml`` whose rules cannot be trusted, naming the line: broken aliases,
+    bad ``path_regex``, recipients that are not valid ``age1…`` keys. Checked once, up front,
+    so a broken config is never mistaken for "no rule matches" or for a missing identity."""
+    for rule in config.rules:
+        if rule.path_regex:
+            compile_path_regex(rule.path_regex)
+        for g, group in enumerate(rule.key_groups):
+            members = rule.members[g] if g < len(rule.members) else []
+            for i, r in enumerate(group):
+                try:
+                    validate_recipient(r)
+                except AgeKeyError as exc:
+                    token = members[i] if i < len(members) and len(members) == len(group) else ""
+                    who = f" (anchor &{token[1:]})" if token.startswith("*") else ""
+                    raise SopsConfigError(
+                        f"{config.path}, line {rule.line}: {rule.describe()} names an invalid recipient{who}: "
+                        f"{redact(str(exc))}; fix .sops.yaml (nixfleet.sops.sops_recipient)"
+                    ) from None
+
+
+def compile_user_regex(pattern: str, what: str) -> re.Pattern[str]:
+    """Compile a regex a user passed as ``what``; a bad one is an error naming the parameter."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise FleetError(f"{what} {pattern!r} is not a valid regular expression: {exc}") from None
+
+
 def iter_candidate_files(repo: str, include: Sequence[str] = ()) -> list[str]:
     """Files under ``repo`` that may be sops files, relative, sorted; ``include`` limits to path regexes."""
-    pats = [re.compile(p) for p in include]
+    pats = [compile_user_regex(p, "include") for p in include]
     out = []
     for dirpath, dirnames, filenames in os.walk(repo):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
@@ -95,7 +125,7 @@ def iter_candidate_files(repo: str, include: Sequence[str] = ()) -> list[str]:
             rel = os.path.relpath(full, repo)
             if rel == CONFIG_NAME or fn.startswith(".nixfleet-sops.lock") or os.path.islink(full):
                 continue
-            if fn.endswith(".tmp") and fn.startswith("."):
+            if is_staged_temp(fn):
                 continue  # an atomic write's temp file (a killed run may leave one)
             if pats and not any(p.search(rel) for p in pats):
                 continue
@@ -127,13 +157,19 @@ def _map(fn: Callable[[Any], Any], items: list[Any], workers: int | None) -> lis
         return list(pool.map(fn, items, chunksize=chunk))
 
 
-def scan(repo: str, include: Sequence[str] = (), workers: int | None = None) -> Scan:
-    """Read ``.sops.yaml`` and the metadata of every sops file, and match each file to its rule."""
+def scan(repo: str, include: Sequence[str] = (), workers: int | None = None, strict: bool = True) -> Scan:
+    """Read ``.sops.yaml`` and the metadata of every sops file, and match each file to its rule.
+
+    ``strict`` refuses a config whose rules cannot be trusted (check_rules); the
+    audit scans leniently, since it reports those faults itself.
+    """
     repo = os.path.abspath(repo)
     cfg_path = config_path(repo)
     if not os.path.exists(cfg_path):
         raise FleetError(f"{repo} has no {CONFIG_NAME}: is this the secrets repository?")
     config = SopsConfig.load(cfg_path)
+    if strict:
+        check_rules(config)
     result = Scan(repo=repo, config=config)
     rels = iter_candidate_files(repo, include)
     metas = _map(_read_meta, [os.path.join(repo, r) for r in rels], workers)
@@ -149,7 +185,9 @@ def scan(repo: str, include: Sequence[str] = (), workers: int | None = None) -> 
         fp = FilePlan(path=full, rel=rel, current=current, current_threshold=threshold)
         try:
             rule = config.rule_for(full)
-        except SopsConfigError:
+        except SopsConfigError as exc:
+            if strict and not isinstance(exc, NoMatchingRuleError):
+                raise
             result.no_rule.append(rel)
             fp.rule = None
         else:
@@ -184,7 +222,7 @@ def _stage(staged: list[tuple[str, str]]) -> Callable[[str, bytes], None]:
     """A writer for the engine that stages (temp beside the file, fsynced) instead of replacing."""
 
     def write(path: str, data: bytes) -> None:
-        staged.append((stage_write(path, data), path))
+        staged.append((stage_write(path, data), os.path.realpath(path)))
 
     return write
 
@@ -208,7 +246,7 @@ def _rekey_one(job: tuple[str, list[list[str]] | None, int | None, tuple[str, ..
         return {"status": "not_sops"}
     except engine.SopsError as exc:
         discard_staged([tmp for tmp, _ in staged])
-        return {"status": "failed", "error": str(exc)}
+        return {"status": "failed", "error": exc.message}
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop a fleet run
         discard_staged([tmp for tmp, _ in staged])
         return {"status": "failed", "error": f"{path}: {type(exc).__name__}: {exc}"}
@@ -225,7 +263,7 @@ def _rotate_one(job: tuple[str, tuple[str, ...] | None, bool]) -> dict[str, Any]
         if not check_mode:
             _stage(staged)(path, out)
     except engine.SopsError as exc:
-        return {"status": "failed", "error": str(exc)}
+        return {"status": "failed", "error": exc.message}
     except Exception as exc:  # noqa: BLE001
         discard_staged([tmp for tmp, _ in staged])
         return {"status": "failed", "error": f"{path}: {type(exc).__name__}: {exc}"}
@@ -289,11 +327,23 @@ def _finish(
             failed,
         )
     if not check_mode:
-        dirs = set()
-        for _rel, r in changed:
-            for tmp, target in r.get("staged", []):
+        dirs: set[str] = set()
+        done: list[str] = []
+        pending = [(rel, tmp, target) for rel, r in changed for tmp, target in r.get("staged", [])]
+        try:
+            for rel, tmp, target in pending:
                 commit_staged(tmp, target, sync_dir=False)
+                done.append(rel)
                 dirs.add(os.path.dirname(target))
+        except OSError as exc:
+            discard_staged([tmp for _, tmp, _ in pending[len(done):]])
+            left = [rel for rel, _, _ in pending[len(done):]]
+            raise FleetError(
+                f"{what} stopped while renaming new files into place ({exc.filename or ''}: {exc.strerror}): "
+                f"{len(done)} files are new ({', '.join(done[:10]) or 'none'}), {len(left)} are unchanged "
+                f"({', '.join(left[:10])}); every file is valid. Fix the cause and run {what} again.",
+                [{"path": rel, "error": "not renamed into place"} for rel in left],
+            ) from None
         for d in dirs:
             fsync_dir(d)
     return changed, failed
@@ -324,20 +374,22 @@ def rekey(
         if not os.path.exists(cfg_path):
             raise FleetError(f"{repo} has no {CONFIG_NAME}: is this the secrets repository?")
         config = SopsConfig.load(cfg_path)
+    check_rules(config)
     names = recipient_names(config)
     rels = iter_candidate_files(repo, include)
-    jobs, rules, broken = [], [], []
-    for rel in rels:
+    jobs, rules, broken = [], [], {}
+    for i, rel in enumerate(rels):
         full = os.path.join(repo, rel)
         try:
             rule = config.rule_for(full)
-        except SopsConfigError:
+        except NoMatchingRuleError:
             jobs.append((full, None, None, ids, check_mode))
             rules.append(None)
             continue
         groups = [list(g) for g in rule.key_groups if g]
         if not groups:
-            broken.append(rule.describe())
+            broken[i] = rule.describe()
+            groups = None  # only asked whether it is a sops file
         jobs.append((full, groups, rule.shamir_threshold, ids, check_mode))
         rules.append(rule.path_regex)
     if not check_mode:
@@ -345,7 +397,7 @@ def rekey(
     results = _map(_rekey_one, jobs, workers)
     if broken:
         # Only a problem for the sops files under such a rule; plain files there are fine.
-        bad = sorted({desc for desc, r in zip(broken, results, strict=False) if r["status"] != "not_sops"})
+        bad = sorted({desc for i, desc in broken.items() if results[i]["status"] != "not_sops"})
         if bad:
             discard_staged([tmp for r in results for tmp, _ in r.get("staged", [])])
             raise FleetError("rekey refused: " + ", ".join(bad) + " names no age recipient. Fix .sops.yaml first.")
@@ -383,7 +435,12 @@ def select_files(
         if anchor not in anchors:
             raise FleetError(f"{sc.config.path}: no anchor &{anchor}; known anchors: {', '.join(sorted(anchors))}")
         recipient = anchors[anchor].recipient
-    pat = re.compile(path_regex) if path_regex else None
+    elif recipient:
+        try:
+            recipient = validate_recipient(recipient)
+        except AgeKeyError as exc:
+            raise FleetError(f"recipient: {exc}") from None
+    pat = compile_user_regex(path_regex, "path_regex") if path_regex else None
     out = []
     for fp in sc.files:
         if pat and not pat.search(fp.rel):
@@ -444,7 +501,10 @@ def collect_identities(identity_files: Sequence[str] = (), age_keys: Sequence[st
         except OSError as exc:
             raise FleetError(f"{path}: cannot read identity file: {exc.strerror}") from None
         if b"PRIVATE KEY-----" in data:
-            out.append(ssh_private_key_to_identity(data))
+            try:
+                out.append(ssh_private_key_to_identity(data))
+            except AgeKeyError as exc:
+                raise FleetError(f"{path}: {exc}") from None
         else:
             out.extend(parse_identities(data.decode("utf-8", "replace"), source=path))
     for i, key in enumerate(age_keys):

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import shutil
 import socket
 import stat
@@ -24,6 +25,17 @@ from collections.abc import Iterator
 
 class LockedError(RuntimeError):
     """Another process holds the lock; the message names the holder."""
+
+
+# Temp files of ours are `.<name>.nixfleet-<random>.tmp`: recognisable, so a cleanup after a
+# killed run removes exactly them and never a user's own `.something.tmp`.
+TEMP_MARKER = ".nixfleet-"
+_TEMP_RE = re.compile(r"^\..+\.nixfleet-[A-Za-z0-9_]{6,}\.tmp$")
+
+
+def is_staged_temp(name: str) -> bool:
+    """True for the name of a temp file stage_write/atomic_write creates."""
+    return bool(_TEMP_RE.match(name))
 
 
 def fsync_dir(directory: str) -> None:
@@ -50,13 +62,16 @@ def stage_write(path: str, data: bytes | str, mode: int | None = None, default_m
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    path = os.path.abspath(path)
+    # Through a symlink, the file it points at is replaced (the link stays a link).
+    path = os.path.realpath(path)
     directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, "directory does not exist", directory)
     try:
         st: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
         st = None
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + TEMP_MARKER, suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -102,7 +117,7 @@ def atomic_write(path: str, data: bytes | str, mode: int | None = None, default_
     """
     tmp = stage_write(path, data, mode, default_mode)
     try:
-        commit_staged(tmp, os.path.abspath(path))
+        commit_staged(tmp, os.path.realpath(path))
     except BaseException:
         discard_staged([tmp])
         raise
@@ -145,6 +160,8 @@ def repo_lock(directory: str, name: str = ".nixfleet-sops.lock", purpose: str = 
     error a second run sees names the holder. The kernel releases the lock when
     the holder dies, so a killed run never leaves the repository locked.
     """
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, "no such directory (is this the secrets repository?)", directory)
     # Inside .git (or .jj) the lock file never shows up as an untracked file in the user's repo.
     home = next((os.path.join(directory, d) for d in (".git", ".jj") if os.path.isdir(os.path.join(directory, d))),
                 directory)
@@ -174,7 +191,7 @@ def repo_lock(directory: str, name: str = ".nixfleet-sops.lock", purpose: str = 
 
 
 def remove_stale_temps(directory: str, skip_dirs: frozenset[str] = frozenset({".git", ".jj"})) -> list[str]:
-    """Remove temp files a killed atomic_write left behind (``.<name>.<random>.tmp``).
+    """Remove temp files a killed atomic_write left behind (``.<name>.nixfleet-<random>.tmp``).
 
     Call it only while holding the repository lock, so no live writer owns them.
     Returns the removed paths.
@@ -183,7 +200,7 @@ def remove_stale_temps(directory: str, skip_dirs: frozenset[str] = frozenset({".
     for dirpath, dirnames, filenames in os.walk(directory):
         dirnames[:] = [d for d in dirnames if d not in skip_dirs]
         for fn in filenames:
-            if fn.startswith(".") and fn.endswith(".tmp") and fn.count(".") >= 3:
+            if is_staged_temp(fn):
                 p = os.path.join(dirpath, fn)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)

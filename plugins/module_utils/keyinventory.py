@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass
 
 import yaml
 
-from .age import validate_recipient
+from .age import parse_ssh_public_key, validate_recipient
 from .fsutil import atomic_write, ensure_private_dir
+from .sops_config import check_anchor_name
 
 INVENTORY_PATH = os.path.join(".nixfleet", "keys.yaml")
 KINDS = ("host", "user", "deploy", "break-glass", "admin")
@@ -61,12 +62,22 @@ def load(repo: str) -> list[KeyEntry]:
             data = yaml.safe_load(fh) or {}
     except yaml.YAMLError as exc:
         raise InventoryError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix or remove the file") from None
+    if not isinstance(data, dict) or not isinstance(data.get("keys") or [], list):
+        raise InventoryError(f"{path}: expected a mapping with a 'keys' list; fix or remove the file")
     entries = []
     for i, item in enumerate(data.get("keys") or []):
+        if not isinstance(item, dict):
+            raise InventoryError(f"{path}: entry {i + 1} is not a mapping; fix or remove it")
         try:
-            entries.append(KeyEntry(**{k: (str(v) if v is not None else None) for k, v in item.items()}))
+            entry = KeyEntry(**{k: (str(v) if v is not None else None) for k, v in item.items()})
         except TypeError:
             raise InventoryError(f"{path}: entry {i + 1} has unknown or missing fields") from None
+        try:
+            datetime.date.fromisoformat(entry.created[:10])
+        except ValueError:
+            raise InventoryError(f"{path}: entry {i + 1} ({entry.anchor}): created {entry.created!r} "
+                                 "is not a date (YYYY-MM-DD)") from None
+        entries.append(entry)
     return entries
 
 
@@ -95,7 +106,14 @@ def record(
     """
     if kind not in KINDS:
         raise InventoryError(f"unknown key kind {kind!r} for {anchor}; use one of {', '.join(KINDS)}")
-    if kind != "deploy":
+    try:
+        check_anchor_name(anchor, "key inventory anchor")
+    except ValueError as exc:
+        raise InventoryError(str(exc)) from None
+    if kind == "deploy":
+        # Only a public key line may land in this committed, world-readable file.
+        parse_ssh_public_key(recipient)
+    else:
         validate_recipient(recipient)
     entries = load(repo)
     today = created or datetime.datetime.now(datetime.UTC).date().isoformat()

@@ -90,7 +90,10 @@ def ensure_age_keypair(
 
     wanted: str | None = None
     if ssh_key_path:
-        wanted = age.ssh_private_key_to_identity(_read_private(ssh_key_path).encode())
+        try:
+            wanted = age.ssh_private_key_to_identity(_read_private(ssh_key_path).encode())
+        except age.AgeKeyError as exc:
+            raise age.AgeKeyError(f"{ssh_key_path}: {exc}") from None
 
     current: list[str] = []
     if os.path.exists(path):
@@ -102,6 +105,12 @@ def ensure_age_keypair(
 
     if current and (wanted is None or wanted in current):
         identity = wanted or current[0]
+    elif current:
+        # Never drop identities someone may still need; replacing them must be asked for.
+        raise age.AgeKeyError(
+            f"{path} holds {len(current)} other identit{'y' if len(current) == 1 else 'ies'}, not the one derived "
+            f"from {ssh_key_path}; set regenerate=always to replace the file"
+        )
     else:
         identity = wanted or age.generate_identity()
         result.changed = True

@@ -45,16 +45,32 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 
 def one_line(exc: BaseException) -> str:
-    """The error as a single line, with its path when the exception carries one separately."""
-    msg = " ".join(str(exc).split())
+    """The error as a single line, with its path when the exception carries one separately.
+
+    Anything that looks like a private key is redacted: messages may quote user
+    input, and a key pasted into the wrong place must not reach task output.
+    """
+    from .age import redact
+
+    msg = " ".join(redact(str(exc)).split())
     path = getattr(exc, "path", None)
     if path and path not in msg:
         msg = f"{path}: {msg}"
     return msg
 
 
-def run_guarded(module: Any, work: Callable[[], T], **fail_extra: Any) -> T:
-    """Run ``work``; on error call ``module.fail_json`` with one clear line (and ``fail_extra``)."""
+def run_guarded(module: Any, work: Callable[[], T], prefix: str | None = None, **fail_extra: Any) -> T:
+    """Run ``work``; on error call ``module.fail_json`` with one clear line (and ``fail_extra``).
+
+    ``prefix`` (usually the file the module works on) starts the message when
+    the error does not already name it.
+    """
+
+    def fail(msg: str, **extra: Any) -> None:
+        if prefix and prefix not in msg:
+            msg = f"{prefix}: {msg}"
+        module.fail_json(msg=msg, **extra)
+
     try:
         return work()
     except _known_errors() as exc:
@@ -62,12 +78,12 @@ def run_guarded(module: Any, work: Callable[[], T], **fail_extra: Any) -> T:
         files = getattr(exc, "files", None)
         if files:
             extra["files"] = files
-        module.fail_json(msg=one_line(exc), **extra)
+        fail(one_line(exc), **extra)
     except OSError as exc:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        module.fail_json(msg=f"{where}{exc.strerror or exc}", **fail_extra)
+        fail(one_line(Exception(f"{where}{exc.strerror or exc}")), **fail_extra)
     except Exception as exc:  # noqa: BLE001 - a module must never end in a traceback
-        module.fail_json(msg=f"unexpected {type(exc).__name__}: {one_line(exc)}", **fail_extra)
+        fail(f"unexpected {type(exc).__name__}: {one_line(exc)}", **fail_extra)
     raise AssertionError("fail_json returned")  # pragma: no cover
 
 

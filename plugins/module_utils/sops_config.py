@@ -69,6 +69,10 @@ class SopsConfigError(ValueError):
     """Bad input or a ``.sops.yaml`` this module cannot edit safely; the message says where."""
 
 
+class NoMatchingRuleError(SopsConfigError):
+    """No creation rule matches a path: sops would refuse to create it (not a broken config)."""
+
+
 # ============================================================================ RE2 -> Python re
 _POSIX_CLASSES = {
     "alnum": "0-9A-Za-z",
@@ -922,7 +926,7 @@ class SopsConfig:
         for r in rules:
             if r.matches(rel):
                 return r
-        raise SopsConfigError(f"{self.path}: no creation rule matches {rel!r} (sops would refuse to create it)")
+        raise NoMatchingRuleError(f"{self.path}: no creation rule matches {rel!r} (sops would refuse to create it)")
 
     # ------------------------------------------------------------------ semantic snapshot (defensive checks)
     def snapshot(self) -> dict[str, Any]:

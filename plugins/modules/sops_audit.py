@@ -87,6 +87,10 @@ report:
   returned: always
   type: list
   elements: str
+report_path:
+  description: Where the HTML report was written (null when not asked for).
+  returned: always
+  type: str
 counts:
   description: Numbers of files, anchors, errors and warnings.
   returned: always
@@ -122,7 +126,7 @@ def main() -> None:
         return res, changed
 
     res, changed = run_guarded(module, work)
-    out = dict(changed=changed, report=audit.text_table(res), **res.as_dict())
+    out = dict(changed=changed, report=audit.text_table(res), report_path=p["report_path"], **res.as_dict())
     levels = {"error": ("error",), "warning": ("error", "warning")}.get(p["fail_on"], ())
     bad = [f for f in res.findings if f["severity"] in levels]
     if bad:

@@ -127,7 +127,8 @@ diff:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig, SopsConfigError
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import run_guarded
+from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig
 
 
 def main() -> None:
@@ -147,7 +148,8 @@ def main() -> None:
     )
     p = module.params
     path = p["path"]
-    try:
+
+    def work():
         config = SopsConfig.load(path, missing_ok=p["create"] and p["state"] == "present")
         before = config.text
         key_groups = [[str(a) for a in g] for g in p["key_groups"]] if p["key_groups"] is not None else None
@@ -159,19 +161,13 @@ def main() -> None:
             shamir_threshold=p["shamir_threshold"],
             key_groups=key_groups,
         )
-        changed = config.changed
+        changed = config.changed  # save() makes the saved text the new original
         if changed and not module.check_mode:
             config.save()
-        rule = config.find_rule(p["path_regex"])
-    except (SopsConfigError, OSError) as exc:
-        msg = str(exc)
-        if isinstance(exc, OSError) and exc.filename is None:
-            msg = f"cannot write {path}: {exc.strerror or exc}"
-        module.fail_json(msg=msg if path in msg else f"{path}: {msg}", path=path, path_regex=p["path_regex"])
-    except Exception as exc:  # a bug must still read as one line, not a traceback
-        module.fail_json(
-            msg=f"{path}: unexpected error ({type(exc).__name__}): {exc}", path=path, path_regex=p["path_regex"]
-        )
+        return config, before, changed
+
+    config, before, changed = run_guarded(module, work, prefix=path, path=path, path_regex=p["path_regex"])
+    rule = config.find_rule(p["path_regex"])
     result = {"changed": changed, "path": path}
     if rule is not None:
         result["rule"] = {

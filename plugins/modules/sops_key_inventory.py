@@ -67,13 +67,8 @@ path:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.nixfleet.sops.plugins.module_utils.age import AgeKeyError
-from ansible_collections.nixfleet.sops.plugins.module_utils.keyinventory import (
-    InventoryError,
-    inventory_file,
-    record,
-    remove,
-)
+from ansible_collections.nixfleet.sops.plugins.module_utils.keyinventory import inventory_file, record, remove
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import run_guarded
 
 
 def main() -> None:
@@ -90,16 +85,14 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    try:
-        if p["state"] == "absent":
-            changed = remove(p["repo"], p["anchor"], module.check_mode)
-        else:
-            changed = record(p["repo"], p["anchor"], p["kind"], p["recipient"], p["host"],
-                             check_mode=module.check_mode)
-    except (InventoryError, AgeKeyError, OSError) as exc:
-        module.fail_json(msg=f"{inventory_file(p['repo'])}: {exc}" if isinstance(exc, AgeKeyError) else str(exc))
-    module.exit_json(changed=changed, path=inventory_file(p["repo"]))
 
+    def work():
+        if p["state"] == "absent":
+            return remove(p["repo"], p["anchor"], module.check_mode)
+        return record(p["repo"], p["anchor"], p["kind"], p["recipient"], p["host"], check_mode=module.check_mode)
+
+    changed = run_guarded(module, work, prefix=inventory_file(p["repo"]))
+    module.exit_json(changed=changed, path=inventory_file(p["repo"]))
 
 if __name__ == "__main__":
     main()

@@ -107,7 +107,8 @@ diff:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig, SopsConfigError
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import run_guarded
+from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig
 
 
 def main() -> None:
@@ -126,25 +127,22 @@ def main() -> None:
     )
     p = module.params
     path = p["path"]
-    try:
+
+    def work():
         config = SopsConfig.load(path, missing_ok=p["create"] and p["state"] == "present")
         before = config.text
         config.ensure_recipient(p["name"], p["recipient"], p["group"], p["state"])
         if p["state"] == "present":
             for path_regex in p["rules"]:
                 config.ensure_rule_member(path_regex, p["name"])
-        changed = config.changed
+        changed = config.changed  # save() makes the saved text the new original
         if changed and not module.check_mode:
             config.save()
-        anchor = config.anchors().get(p["name"])
-        members = [r.path_regex or "" for r in config.rules if p["name"] in r.anchors]
-    except (SopsConfigError, OSError) as exc:
-        msg = str(exc)
-        if isinstance(exc, OSError) and exc.filename is None:
-            msg = f"cannot write {path}: {exc.strerror or exc}"
-        module.fail_json(msg=msg if path in msg else f"{path}: {msg}", path=path, anchor=p["name"])
-    except Exception as exc:  # a bug must still read as one line, not a traceback
-        module.fail_json(msg=f"{path}: unexpected error ({type(exc).__name__}): {exc}", path=path, anchor=p["name"])
+        return config, before, changed
+
+    config, before, changed = run_guarded(module, work, prefix=path, path=path, anchor=p["name"])
+    anchor = config.anchors().get(p["name"])
+    members = [r.path_regex or "" for r in config.rules if p["name"] in r.anchors]
     result = {
         "changed": changed,
         "path": path,

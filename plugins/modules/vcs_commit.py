@@ -88,7 +88,8 @@ commands:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.nixfleet.sops.plugins.module_utils.vcs import VcsError, commit
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import run_guarded
+from ansible_collections.nixfleet.sops.plugins.module_utils.vcs import commit
 
 
 def main() -> None:
@@ -105,11 +106,12 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    try:
-        res = commit(p["repo"], p["paths"], p["message"], vcs=p["vcs"], bookmark=p["bookmark"], push=p["push"],
-                     remote=p["remote"], check_mode=module.check_mode)
-    except VcsError as exc:
-        module.fail_json(msg=str(exc))
+
+    def work():
+        return commit(p["repo"], p["paths"], p["message"], vcs=p["vcs"], bookmark=p["bookmark"], push=p["push"],
+                      remote=p["remote"], check_mode=module.check_mode)
+
+    res = run_guarded(module, work)
     out = dict(changed=res.changed, vcs=res.vcs, paths=res.paths, commands=res.commands)
     if res.commit:
         out["commit"] = res.commit
