@@ -696,6 +696,8 @@ class Verifier:
         if self.uid_of(owner) is None:
             self.fault("user_key", path, f"the user {owner!r} does not exist on the host",
                        "check the user name given as user_key.owner")
+        else:
+            self._check_reachable("user_key", path, owner)
         try:
             identities = parse_identities(self.read_text(path), source=path)
         except (AgeKeyError, UnicodeDecodeError, OSError) as exc:
@@ -708,6 +710,24 @@ class Verifier:
                        f"({expected_recipient})",
                        f"{fix_missing}, or register this recipient as the user's anchor in .sops.yaml and "
                        + FIX_REKEY)
+
+    def _check_reachable(self, check: str, path: str, owner: str) -> None:
+        """The user must be able to walk to its key: every parent directory searchable by it
+        (owned by the user, or with the group/other x bit). A root-owned 0700 home — what a
+        persist-prefix copy can leave — makes `sops` as the user fail although the key is fine."""
+        uid = self.uid_of(owner)
+        directory = posixpath.dirname(posixpath.normpath(path))
+        while directory not in ("/", ""):
+            st = self.stat(directory)
+            if st is not None and uid != 0:
+                mode = stat.S_IMODE(st.st_mode)
+                if not (st.st_uid == uid and mode & 0o100) and not mode & 0o001 and not mode & 0o010:
+                    self.fault(check, path,
+                               f"{owner} cannot reach the key: {directory} is {mode:04o} owned by uid "
+                               f"{st.st_uid}{self._user_label(st.st_uid)}",
+                               f"chown {owner}: {directory} (or chmod o+x {directory})")
+                    return
+            directory = posixpath.dirname(directory)
 
     def check_deploy_key(self, path: str, alias: str, ssh_config: str) -> None:
         """A deploy key: private, parses, and root's ssh config uses it for ``Host <alias>``."""

@@ -69,6 +69,16 @@ options:
     type: list
     elements: str
     default: []
+  commit:
+    description:
+      - Commit the touched paths (git, or jj when the repository has C(.jj)) while still holding the
+        repository lock, so each host's registration is one commit of its own, also when several hosts
+        are bootstrapped in one run.
+    type: bool
+    default: false
+  vcs_bookmark:
+    description: jj bookmark to move to the commit.
+    type: str
 attributes:
   check_mode:
     support: full
@@ -131,12 +141,16 @@ deploy_public_keys:
   description: Deploy public keys by repository, to add at the forge (read-only).
   returned: always
   type: dict
+commit:
+  description: The commit made (with O(commit=true), when something changed).
+  returned: when a commit was made
+  type: str
 """
 
 from contextlib import nullcontext
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.nixfleet.sops.plugins.module_utils import bootstrap, fleet
+from ansible_collections.nixfleet.sops.plugins.module_utils import bootstrap, fleet, vcs
 from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_lock
 from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import run_guarded
 
@@ -155,6 +169,8 @@ def main() -> None:
             regenerate=dict(type="list", elements="str", default=[]),
             identity_files=dict(type="list", elements="path", default=[]),
             age_keys=dict(type="list", elements="str", default=[], no_log=True),
+            commit=dict(type="bool", default=False),
+            vcs_bookmark=dict(type="str"),
         ),
         supports_check_mode=True,
     )
@@ -168,11 +184,21 @@ def main() -> None:
         )
         ids = fleet.collect_identities(p["identity_files"], p["age_keys"])
         with repo_lock(p["repo"], purpose=f"sops_host_keys {spec.host}") if not module.check_mode else nullcontext():
-            return bootstrap.ensure_host_keys(p["repo"], spec, ids, module.check_mode)
+            res = bootstrap.ensure_host_keys(p["repo"], spec, ids, module.check_mode)
+            done = None
+            if p["commit"] and res.touched:
+                n = len(res.rekeyed)
+                message = f"chore(sops): register {spec.host} keys" + (
+                    f" and rekey {n} file{'' if n == 1 else 's'}" if n else "")
+                done = vcs.commit(p["repo"], res.touched, message, bookmark=p["vcs_bookmark"] or None,
+                                  check_mode=module.check_mode)
+            return res, done
 
-    res = run_guarded(module, work, host=p["host"])
+    res, done = run_guarded(module, work, host=p["host"])
     out = dict(changed=res.changed, touched=res.touched, generated=res.generated, reused=res.reused,
                rekeyed=res.rekeyed, **res.public)
+    if done is not None and done.commit:
+        out["commit"] = done.commit
     if module._diff:
         out["diff"] = {"before": res.config_before, "after": res.config_after,
                        "before_header": f"{p['repo']}/.sops.yaml", "after_header": f"{p['repo']}/.sops.yaml"}

@@ -121,3 +121,28 @@ def test_second_run_is_refused_while_the_repo_is_locked(tmp_path):
         holder.wait()
     time.sleep(0.1)
     assert not run_module("sops_rekey", {"repo": repo.path, "age_keys": [repo.identities["admin"]]}).failed
+
+
+def test_inventory_settings_reach_the_playbook(tmp_path):
+    """Play variables must not shadow the inventory: identities given there are used."""
+    repo = make_repo(str(tmp_path), hosts=("alpha",))
+    cfg = SopsConfig.load(repo.file(".sops.yaml"))
+    cfg.ensure_recipient("x", age.recipient_from_identity(age.generate_identity()), group="users")
+    cfg.ensure_rule_member(r"sops/shared\.yaml$", "x")
+    cfg.save()
+    inv = tmp_path / "inv.yml"
+    inv.write_text(
+        "all:\n  vars:\n"
+        f"    nixfleet_secrets_repo: {repo.path}\n"
+        f"    nixfleet_identity_files: [{repo.keyfile('admin')}]\n"
+        "    nixfleet_commit: false\n"
+        "  hosts:\n    localhost:\n      ansible_connection: local\n"
+        "      ansible_python_interpreter: '{{ ansible_playbook_python }}'\n"
+    )
+    empty = tmp_path / "home"
+    empty.mkdir()
+    run = run_playbook("rekey.yml", inventory=str(inv),
+                       env={"HOME": str(empty), "XDG_CONFIG_HOME": str(empty), "SOPS_AGE_KEY_FILE": ""})
+    assert run.rc == 0, run.stdout[-2000:]
+    assert "1 of 2 sops files rekeyed" in " ".join(run.stdout.split())
+    assert "sops/shared.yaml" in git(repo.path, "status", "--porcelain")  # rekeyed, not committed

@@ -125,7 +125,7 @@ def run_playbook(
     """Run one of the collection's playbooks as a user would (default callback)."""
     path = playbook if os.path.isabs(playbook) else os.path.join(REPO, "playbooks", playbook)
     cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), path,
-           "-i", inventory or os.path.join(REPO, "inventory", "demo.yml")]
+           "-i", inventory or os.path.join(REPO, "tests", "lib", "localhost.yml")]
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
     if check:
