@@ -95,7 +95,8 @@ def time_playbook(repo: str, keyfile: str) -> float:
                 "ANSIBLE_COLLECTIONS_PATH": os.path.join(REPO_ROOT, ".collections")})
     cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
            os.path.join(REPO_ROOT, "playbooks", "rekey.yml"), "-i", os.path.join(REPO_ROOT, "inventory", "demo.yml"),
-           "-e", json.dumps({"nixfleet_secrets_repo": repo, "nixfleet_commit": False})]
+           "-e", json.dumps({"nixfleet_secrets_repo": repo, "nixfleet_commit": False,
+                             "nixfleet_identity_files": [keyfile]})]
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     return time.perf_counter() - start

@@ -24,7 +24,15 @@ from typing import Any
 
 from . import sops as engine
 from .age import AgeKeyError, redact, validate_recipient
-from .fsutil import commit_staged, discard_staged, fsync_dir, is_staged_temp, remove_stale_temps, stage_write
+from .fsutil import (
+    commit_staged,
+    discard_staged,
+    fsync_dir,
+    is_staged_temp,
+    remove_stale_temps,
+    stage_write,
+    sync_staged,
+)
 from .sops_config import NoMatchingRuleError, SopsConfig, SopsConfigError, compile_path_regex
 
 CONFIG_NAME = ".sops.yaml"
@@ -222,7 +230,8 @@ def _stage(staged: list[tuple[str, str]]) -> Callable[[str, bytes], None]:
     """A writer for the engine that stages (temp beside the file, fsynced) instead of replacing."""
 
     def write(path: str, data: bytes) -> None:
-        staged.append((stage_write(path, data), os.path.realpath(path)))
+        # Not fsynced here: _finish makes all temps durable at once before renaming any.
+        staged.append((stage_write(path, data, sync=False), os.path.realpath(path)))
 
     return write
 
@@ -331,12 +340,16 @@ def _finish(
         done: list[str] = []
         pending = [(rel, tmp, target) for rel, r in changed for tmp, target in r.get("staged", [])]
         try:
+            sync_staged([tmp for _, tmp, _ in pending])
             for rel, tmp, target in pending:
                 commit_staged(tmp, target, sync_dir=False)
                 done.append(rel)
                 dirs.add(os.path.dirname(target))
         except OSError as exc:
             discard_staged([tmp for _, tmp, _ in pending[len(done):]])
+            if not done:
+                raise FleetError(f"{what} could not make its new files durable ({exc.strerror}); nothing was "
+                                 "written, every file is as it was") from None
             left = [rel for rel, _, _ in pending[len(done):]]
             raise FleetError(
                 f"{what} stopped while renaming new files into place ({exc.filename or ''}: {exc.strerror}): "
