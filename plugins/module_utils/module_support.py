@@ -112,3 +112,10 @@ def exit_fleet_op(module: Any, res: Any, what: str, repo: str, continue_on_error
     if res.failed and not continue_on_error:
         module.fail_json(msg=f"{what} failed for: " + ", ".join(f["path"] for f in res.failed), **out)
     module.exit_json(**out)
+
+
+# The argument spec behind the nixfleet.sops.identities doc fragment.
+IDENTITY_ARGS: dict[str, dict[str, Any]] = {
+    "identity_files": {"type": "list", "elements": "path", "default": []},
+    "age_keys": {"type": "list", "elements": "str", "default": [], "no_log": True},
+}

@@ -54,16 +54,8 @@ options:
     type: list
     elements: str
     default: []
-  identity_files:
-    description: Admin identity files; default is sops' own search.
-    type: list
-    elements: path
-    default: []
-  age_keys:
-    description: Literal admin identities. Never logged.
-    type: list
-    elements: str
-    default: []
+extends_documentation_fragment:
+  - nixfleet.sops.identities
 attributes:
   check_mode:
     support: none
@@ -106,7 +98,7 @@ from dataclasses import asdict
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.nixfleet.sops.plugins.module_utils import bootstrap, fleet
-from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import run_guarded
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import IDENTITY_ARGS, run_guarded
 
 
 def main() -> None:
@@ -120,8 +112,7 @@ def main() -> None:
             nix_config=dict(type="path"),
             user_home=dict(type="str"),
             deploy_repos=dict(type="list", elements="str", default=[]),
-            identity_files=dict(type="list", elements="path", default=[]),
-            age_keys=dict(type="list", elements="str", default=[], no_log=True),
+            **IDENTITY_ARGS,
         ),
         supports_check_mode=False,
     )

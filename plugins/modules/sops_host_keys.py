@@ -59,16 +59,6 @@ options:
     type: list
     elements: str
     default: []
-  identity_files:
-    description: Admin identity files (age key files or ed25519 OpenSSH keys); default is sops' own search.
-    type: list
-    elements: path
-    default: []
-  age_keys:
-    description: Literal admin identities. Never logged.
-    type: list
-    elements: str
-    default: []
   commit:
     description:
       - Commit the touched paths (git, or jj when the repository has C(.jj)) while still holding the
@@ -79,6 +69,8 @@ options:
   vcs_bookmark:
     description: jj bookmark to move to the commit.
     type: str
+extends_documentation_fragment:
+  - nixfleet.sops.identities
 attributes:
   check_mode:
     support: full
@@ -152,7 +144,7 @@ from contextlib import nullcontext
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.nixfleet.sops.plugins.module_utils import bootstrap, fleet, vcs
 from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_lock
-from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import run_guarded
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import IDENTITY_ARGS, run_guarded
 
 
 def main() -> None:
@@ -167,8 +159,7 @@ def main() -> None:
             host_group=dict(type="str", default="hosts"),
             user_group=dict(type="str", default="users"),
             regenerate=dict(type="list", elements="str", default=[]),
-            identity_files=dict(type="list", elements="path", default=[]),
-            age_keys=dict(type="list", elements="str", default=[], no_log=True),
+            **IDENTITY_ARGS,
             commit=dict(type="bool", default=False),
             vcs_bookmark=dict(type="str"),
         ),

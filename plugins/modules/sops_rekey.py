@@ -27,20 +27,6 @@ options:
     type: list
     elements: str
     default: []
-  identity_files:
-    description:
-      - Files with identities that can open the files (age key files, or ed25519 OpenSSH private keys).
-      - When neither this nor O(age_keys) is given, identities are searched as sops does
-        (C(SOPS_AGE_KEY), C(SOPS_AGE_KEY_FILE), C(SOPS_AGE_KEY_CMD), C(SOPS_AGE_SSH_PRIVATE_KEY_FILE),
-        C(~/.config/sops/age/keys.txt)).
-    type: list
-    elements: path
-    default: []
-  age_keys:
-    description: Literal C(AGE-SECRET-KEY-1…) identities. Never logged.
-    type: list
-    elements: str
-    default: []
   continue_on_error:
     description: Rekey the files that can be opened and list the others as failed, instead of writing nothing.
     type: bool
@@ -48,6 +34,8 @@ options:
   workers:
     description: Processes to use; default is one per core (used only when there are many files).
     type: int
+extends_documentation_fragment:
+  - nixfleet.sops.identities
 attributes:
   check_mode:
     support: full
@@ -107,7 +95,11 @@ from contextlib import nullcontext
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.nixfleet.sops.plugins.module_utils import fleet
 from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_lock
-from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import exit_fleet_op, run_guarded
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import (
+    IDENTITY_ARGS,
+    exit_fleet_op,
+    run_guarded,
+)
 
 
 def main() -> None:
@@ -115,8 +107,7 @@ def main() -> None:
         argument_spec=dict(
             repo=dict(type="path", required=True),
             include=dict(type="list", elements="str", default=[]),
-            identity_files=dict(type="list", elements="path", default=[]),
-            age_keys=dict(type="list", elements="str", default=[], no_log=True),
+            **IDENTITY_ARGS,
             continue_on_error=dict(type="bool", default=False),
             workers=dict(type="int"),
         ),

@@ -30,16 +30,6 @@ options:
   anchor:
     description: Only files that the recipient of this C(.sops.yaml) anchor can read.
     type: str
-  identity_files:
-    description: Identity files (age key files or ed25519 OpenSSH keys); default is sops' own search.
-    type: list
-    elements: path
-    default: []
-  age_keys:
-    description: Literal C(AGE-SECRET-KEY-1…) identities. Never logged.
-    type: list
-    elements: str
-    default: []
   continue_on_error:
     description: Rotate what can be opened and list the rest as failed.
     type: bool
@@ -47,6 +37,8 @@ options:
   workers:
     description: Processes to use; default is one per core.
     type: int
+extends_documentation_fragment:
+  - nixfleet.sops.identities
 attributes:
   check_mode:
     support: full
@@ -94,7 +86,11 @@ from contextlib import nullcontext
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.nixfleet.sops.plugins.module_utils import fleet
 from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_lock
-from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import exit_fleet_op, run_guarded
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import (
+    IDENTITY_ARGS,
+    exit_fleet_op,
+    run_guarded,
+)
 
 
 def main() -> None:
@@ -104,8 +100,7 @@ def main() -> None:
             path_regex=dict(type="str"),
             recipient=dict(type="str"),
             anchor=dict(type="str"),
-            identity_files=dict(type="list", elements="path", default=[]),
-            age_keys=dict(type="list", elements="str", default=[], no_log=True),
+            **IDENTITY_ARGS,
             continue_on_error=dict(type="bool", default=False),
             workers=dict(type="int"),
         ),

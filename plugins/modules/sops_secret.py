@@ -61,21 +61,8 @@ options:
       - When no rule matches, the task fails with an error naming the file and the C(.sops.yaml).
     type: bool
     default: true
-  identity_files:
-    description:
-      - Files with identities that can open the file (age key files, or ed25519 OpenSSH private keys).
-      - When neither this nor O(age_keys) is given, identities are searched as sops does
-        (C(SOPS_AGE_KEY), C(SOPS_AGE_KEY_FILE), C(SOPS_AGE_KEY_CMD), C(SOPS_AGE_SSH_PRIVATE_KEY_FILE),
-        C(~/.config/sops/age/keys.txt)).
-      - Not needed to create a new file.
-    type: list
-    elements: path
-    default: []
-  age_keys:
-    description: Literal C(AGE-SECRET-KEY-1…) identities. Never logged.
-    type: list
-    elements: str
-    default: []
+extends_documentation_fragment:
+  - nixfleet.sops.identities
 attributes:
   check_mode:
     support: full
@@ -135,7 +122,7 @@ created:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.nixfleet.sops.plugins.module_utils import fleet, secrets
-from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import run_guarded
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import IDENTITY_ARGS, run_guarded
 
 
 def main() -> None:
@@ -148,8 +135,7 @@ def main() -> None:
             state=dict(type="str", choices=["present", "absent"], default="present"),
             config=dict(type="path"),
             create=dict(type="bool", default=True),
-            identity_files=dict(type="list", elements="path", default=[]),
-            age_keys=dict(type="list", elements="str", default=[], no_log=True),
+            **IDENTITY_ARGS,
         ),
         mutually_exclusive=[("value", "value_file")],
         required_if=[("state", "present", ("value", "value_file"), True)],
