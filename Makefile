@@ -10,13 +10,15 @@ VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 COLL_ROOT := $(CURDIR)/.collections
 COLL_LINK := $(COLL_ROOT)/ansible_collections/nixfleet/sops
-APT_PACKAGES := age openssh-client git python3-venv podman runc debootstrap uidmap
+# What the demo needs, and what the tests need on top (oracles, ssh, podman for molecule).
+APT_DEMO := git python3-venv
+APT_TEST := $(APT_DEMO) age openssh-client podman runc debootstrap uidmap
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(COLL_ROOT)
 export SOPS_DISABLE_VERSION_CHECK := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help deps venv collection lint unit test demo docs clean bench
+.PHONY: help deps deps-test venv collection lint unit test demo docs clean bench
 
 help:
 	@echo "make demo   - run bootstrap on the built-in demo (throwaway secrets repo + demo host)"
@@ -24,14 +26,21 @@ help:
 	@echo "make bench  - benchmarks against the sops binary"
 
 # System packages (Debian). Only installs what is missing; needs root or sudo.
-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null; \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing </dev/null; \
 	fi
+endef
+
+deps:
+	$(call apt_install,$(APT_DEMO))
+
+deps-test:
+	$(call apt_install,$(APT_TEST))
 
 $(BIN)/.stamp: requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install python3 (3.11) first"; exit 1; }
@@ -62,7 +71,7 @@ docs: venv collection
 unit: venv collection
 	$(BIN)/pytest -q tests
 
-test: venv collection lint docs unit
+test: deps-test venv collection lint docs unit
 
 demo: venv collection
 	$(BIN)/ansible-playbook playbooks/demo.yml

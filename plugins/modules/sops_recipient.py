@@ -106,7 +106,10 @@ diff:
   type: dict
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_lock
 from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import run_guarded
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig
 
@@ -137,7 +140,9 @@ def main() -> None:
                 config.ensure_rule_member(path_regex, p["name"])
         changed = config.changed  # save() makes the saved text the new original
         if changed and not module.check_mode:
-            config.save()
+            # Not while a rekey or bootstrap of the same repository is running.
+            with repo_lock(os.path.dirname(os.path.abspath(path)), purpose="editing .sops.yaml"):
+                config.save()
         return config, before, changed
 
     config, before, changed = run_guarded(module, work, prefix=path, path=path, anchor=p["name"])

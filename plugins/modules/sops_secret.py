@@ -120,8 +120,12 @@ created:
   type: bool
 """
 
+import os
+from contextlib import nullcontext
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.nixfleet.sops.plugins.module_utils import fleet, secrets
+from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_lock
 from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import IDENTITY_ARGS, run_guarded
 
 
@@ -150,8 +154,12 @@ def main() -> None:
             value = secrets.read_value_file(p["value_file"])
             module.no_log_values.update(v for v in (value, value.strip()) if v)
         ids = fleet.collect_identities(p["identity_files"], p["age_keys"])
-        return secrets.ensure_secret(p["path"], keypath, value, p["state"], ids, p["config"], p["create"],
-                                     dry_run=module.check_mode)
+        # Writes wait for no one but refuse to run beside a rekey of the same repository.
+        config = p["config"] or secrets.find_config(os.path.dirname(os.path.abspath(p["path"])))
+        repo = os.path.dirname(os.path.abspath(config or p["path"]))
+        with repo_lock(repo, purpose="sops_secret") if not module.check_mode else nullcontext():
+            return secrets.ensure_secret(p["path"], keypath, value, p["state"], ids, p["config"], p["create"],
+                                         dry_run=module.check_mode)
 
     res = run_guarded(module, work, path=p["path"])
     out = res.as_dict()
