@@ -23,21 +23,13 @@ from .errors import (
     SopsNotEncryptedError,
 )
 from .keys import Keyring, find_identities, wrap
-from .metadata import AgeStanza, Metadata, normalize_lastmodified, now_lastmodified
+from .metadata import RULE_FIELDS, AgeStanza, Metadata, normalize_lastmodified, now_lastmodified
 from .stores import format_for_path, store_for
 from .tree import Comment, Rules, new_mac_hash, set_path, unset_path, walk
 
 SOPS_VERSION = "3.11.0"
 Identities = Keyring | Iterable[str] | None
-_RULE_OPTIONS = (
-    "unencrypted_suffix",
-    "encrypted_suffix",
-    "unencrypted_regex",
-    "encrypted_regex",
-    "unencrypted_comment_regex",
-    "encrypted_comment_regex",
-    "mac_only_encrypted",
-)
+_RULE_OPTIONS = (*RULE_FIELDS, "mac_only_encrypted")
 
 
 def keyring(identities: Identities = None, env: Any = None) -> Keyring:

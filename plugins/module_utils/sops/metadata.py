@@ -18,7 +18,8 @@ from .errors import SopsFormatError
 from .stores.goyaml import NilList
 from .tree import DEFAULT_UNENCRYPTED_SUFFIX, Rules
 
-_RULE_FIELDS = (
+# The rule options sops writes into the metadata (mac_only_encrypted is a flag beside them).
+RULE_FIELDS = (
     "unencrypted_suffix",
     "encrypted_suffix",
     "unencrypted_regex",
@@ -95,7 +96,7 @@ class Metadata:
                 foreign.append({k: group.get(k) for k in _FOREIGN if group.get(k)})
         else:
             raise SopsFormatError("no keys found in the 'sops' metadata", path)
-        written = {k: raw[k] for k in _RULE_FIELDS if raw.get(k)}
+        written = {k: raw[k] for k in RULE_FIELDS if raw.get(k)}
         rules = Rules(**{k: str(v) for k, v in written.items()})
         if rules.count() > 1:
             raise SopsFormatError(
@@ -148,7 +149,7 @@ class Metadata:
             out["age"] = age_list(self.key_groups[0])
         out["lastmodified"] = normalize_lastmodified(self.lastmodified)
         out["mac"] = self.mac
-        for name in _RULE_FIELDS:
+        for name in RULE_FIELDS:
             value = getattr(self.rules, name)
             if value:
                 out[name] = value
