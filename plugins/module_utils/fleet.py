@@ -515,7 +515,11 @@ def collect_identities(identity_files: Sequence[str] = (), age_keys: Sequence[st
             raise FleetError(f"{path}: cannot read identity file: {exc.strerror}") from None
         if b"PRIVATE KEY-----" in data:
             try:
+                # Converted (opens the age1… recipient sops-nix derives) and as-is (opens ssh-ed25519
+                # stanzas, as sops uses an SSH key), so a file still encrypted to a raw SSH
+                # recipient can be opened and rekeyed to its age1… form.
                 out.append(ssh_private_key_to_identity(data))
+                out.append(data.decode("utf-8").strip() + "\n")
             except AgeKeyError as exc:
                 raise FleetError(f"{path}: {exc}") from None
         else:

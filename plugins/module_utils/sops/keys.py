@@ -6,9 +6,11 @@ sops 3.11 (age/keysource.go) looks in this order and uses everything it finds:
 ``SOPS_AGE_SSH_PRIVATE_KEY_FILE``, ``~/.ssh/id_ed25519``, ``~/.ssh/id_rsa``,
 ``SOPS_AGE_KEY``, ``SOPS_AGE_KEY_FILE``, ``SOPS_AGE_KEY_CMD`` and finally
 ``$XDG_CONFIG_HOME/sops/age/keys.txt`` (``~/.config/…``), which is read
-whenever it exists. SSH ed25519 keys are converted with ssh-to-age's rule
-(what sops-nix does), so they open files whose recipient is the converted
-``age1…`` key; RSA keys cannot be converted and are only noted.
+whenever it exists. An SSH ed25519 key is used both ways: as an SSH identity,
+as sops uses it (it opens ``ssh-ed25519 …`` stanzas), and converted with
+ssh-to-age's rule, as sops-nix uses it (it opens the converted ``age1…``
+recipient). In identity lists an SSH identity is its OpenSSH PEM text. RSA
+keys are only noted.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import shlex
 import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyrage
 from pyrage import x25519
 
-from ..age import AgeKeyError, parse_identities, ssh_private_key_to_identity
+from ..age import AgeKeyError, load_ssh_private_key, parse_identities, ssh_private_key_to_identity
+from ..sshkeys import public_line
 from .errors import SopsError
 
 SOPS_AGE_KEY = "SOPS_AGE_KEY"
@@ -36,7 +40,18 @@ def _count(n: int) -> str:
     return f"{n} identit{'y' if n == 1 else 'ies'}"
 
 
+_OPENSSH_PEM = "-----BEGIN OPENSSH PRIVATE KEY-----"
+
+
+def _ssh_pair(data: bytes | str) -> list[str]:
+    """An ed25519 OpenSSH key as [converted X25519 identity, the PEM itself (the SSH identity)]."""
+    pem = data.decode("utf-8") if isinstance(data, bytes) else data
+    return [ssh_private_key_to_identity(pem), pem.strip() + "\n"]
+
+
 def _parse_text(text: str, source: str) -> list[str]:
+    if text.lstrip().startswith(_OPENSSH_PEM):
+        return _ssh_pair(text)
     # sops accepts an empty source (it just yields nothing); age-keygen files have comments.
     if not any(line.strip() and not line.strip().startswith("#") for line in text.splitlines()):
         return []
@@ -51,12 +66,12 @@ def _ssh_identity(path: str, label: str, searched: list[str]) -> list[str]:
         searched.append(f"{label} (cannot read: {exc.strerror})")
         return []
     try:
-        ident = ssh_private_key_to_identity(data)
+        pair = _ssh_pair(data)
     except AgeKeyError as exc:
         searched.append(f"{label} (not usable: {exc})")
         return []
-    searched.append(f"{label} ({_count(1)}, converted from SSH ed25519)")
-    return [ident]
+    searched.append(f"{label} (SSH ed25519 key: used as an SSH identity and converted to age)")
+    return pair
 
 
 def find_identities(
@@ -174,29 +189,39 @@ def find_identities(
 class Keyring:
     """Parsed identities indexed by recipient, so each stanza costs one decryption at most."""
 
-    identities: list[str]
+    identities: list[str] = field(repr=False)  # private keys: never in a repr or traceback
     searched: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._by_recipient: dict[str, x25519.Identity] = {}
-        self._all: list[x25519.Identity] = []
+        self._by_recipient: dict[str, Any] = {}
+        self._all: list[Any] = []
         for ident in self.identities:
             try:
-                parsed = x25519.Identity.from_str(ident)
+                if ident.lstrip().startswith(_OPENSSH_PEM):
+                    parsed: Any = pyrage.ssh.Identity.from_buffer(ident.encode())
+                    key = "ssh-ed25519 " + public_line(load_ssh_private_key(ident).public).split()[1]
+                else:
+                    parsed = x25519.Identity.from_str(ident)
+                    key = str(parsed.to_public())
             except Exception:  # pyrage raises its own types; never echo the key
                 raise SopsError("an identity could not be parsed by age") from None
             self._all.append(parsed)
-            self._by_recipient[str(parsed.to_public())] = parsed
+            self._by_recipient[key] = parsed
 
     def __bool__(self) -> bool:
         return bool(self._all)
 
+    @staticmethod
+    def _key(recipient: str) -> str:
+        # An ssh-ed25519 stanza names the key as "type base64 [comment]": match on type and key.
+        return " ".join(recipient.split()[:2]) if recipient.startswith("ssh-") else recipient
+
     def has_recipient(self, recipient: str) -> bool:
-        return recipient in self._by_recipient
+        return self._key(recipient) in self._by_recipient
 
     def unwrap(self, recipient: str, enc: str) -> bytes | None:
         """The data key (or shamir share) in ``enc``, or None when no identity opens it."""
-        ident = self._by_recipient.get(recipient)
+        ident = self._by_recipient.get(self._key(recipient))
         data = enc.encode("ascii", "replace")
         if ident is not None:
             try:

@@ -74,15 +74,17 @@ def _ssh_key(path):
 def test_sops_age_ssh_private_key_file(home):
     expected = _ssh_key(home / "host_key")
     ids, searched = S.find_identities(env={**base_env(home), "SOPS_AGE_SSH_PRIVATE_KEY_FILE": str(home / "host_key")})
-    assert ids == [expected]
-    assert any("converted from SSH ed25519" in s for s in searched)
+    # Converted (what sops-nix uses) and as the SSH identity itself (what sops uses).
+    assert ids == [expected, (home / "host_key").read_text().strip() + "\n"]
+    assert any("used as an SSH identity and converted to age" in s for s in searched)
+    assert not any("BEGIN" in s for s in searched)
 
 
 def test_default_ssh_id_ed25519(home):
     (home / "home" / ".ssh").mkdir()
     expected = _ssh_key(home / "home" / ".ssh" / "id_ed25519")
     ids, _ = S.find_identities(env=base_env(home))
-    assert ids == [expected]
+    assert ids == [expected, (home / "home" / ".ssh" / "id_ed25519").read_text().strip() + "\n"]
 
 
 def test_xdg_config_home_and_default_config(home):
