@@ -153,15 +153,6 @@ def validate_recipient(recipient: str) -> str:
     return r
 
 
-def is_recipient(text: str) -> bool:
-    """True when ``text`` is a valid ``age1…`` X25519 recipient."""
-    try:
-        validate_recipient(text)
-    except AgeKeyError:
-        return False
-    return True
-
-
 def _identity_bytes(identity: str) -> bytes:
     ident = identity.strip()
     if not ident.upper().startswith("AGE-SECRET-KEY-1"):
@@ -198,11 +189,6 @@ def recipient_from_public_bytes(public: bytes) -> str:
     if len(public) != 32:
         raise AgeKeyError("an X25519 public key is 32 bytes")
     return bech32_encode(RECIPIENT_HRP, public)
-
-
-def recipient_public_bytes(recipient: str) -> bytes:
-    """The 32-byte X25519 public key of a recipient."""
-    return bech32_decode(validate_recipient(recipient))[1]
 
 
 def recipient_from_identity(identity: str) -> str:

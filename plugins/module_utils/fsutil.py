@@ -15,7 +15,6 @@ import errno
 import fcntl
 import os
 import re
-import shutil
 import socket
 import stat
 import tempfile
@@ -176,17 +175,6 @@ def ensure_private_dir(path: str, mode: int = 0o700) -> bool:
         return False
     os.chmod(path, mode)  # umask may have masked bits
     return True
-
-
-@contextlib.contextmanager
-def private_tempdir(prefix: str = "nixfleet-", parent: str | None = None) -> Iterator[str]:
-    """A 0700 temporary directory that is removed on exit, also on error."""
-    path = tempfile.mkdtemp(prefix=prefix, dir=parent)
-    os.chmod(path, 0o700)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -32,11 +32,6 @@ class ValueError_(ValueError):
     """A value cannot be decrypted or encrypted; the message never holds the value."""
 
 
-def is_encrypted(value: object) -> bool:
-    """True when ``value`` is a sops ``ENC[AES256_GCM,…]`` string."""
-    return isinstance(value, str) and value.startswith("ENC[AES256_GCM,") and bool(_ENC_RE.match(value))
-
-
 def go_format_float(value: float) -> str:
     """strconv.FormatFloat(value, 'f', -1, 64): shortest digits, never an exponent."""
     if math.isnan(value):
