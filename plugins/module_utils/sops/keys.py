@@ -74,6 +74,27 @@ def _ssh_identity(path: str, label: str, searched: list[str]) -> list[str]:
     return pair
 
 
+def _read_key_file(path: str, label: str, searched: list[str], missing: str | None = None) -> list[str]:
+    """Identities of an age key file; what was found (or why nothing) goes into ``searched``.
+
+    ``missing`` is how an absent file is described; None reports it like any unreadable file.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            found = _parse_text(fh.read(), path)
+    except FileNotFoundError as exc:
+        searched.append(f"{label} ({missing or 'cannot read: ' + (exc.strerror or 'not found')})")
+        return []
+    except OSError as exc:
+        searched.append(f"{label} (cannot read: {exc.strerror})")
+        return []
+    except (AgeKeyError, UnicodeDecodeError) as exc:
+        searched.append(f"{label} (invalid: {exc})")
+        return []
+    searched.append(f"{label} ({_count(len(found))})")
+    return found
+
+
 def find_identities(
     env: Mapping[str, str] | None = None, explicit: Iterable[str] = ()
 ) -> tuple[list[str], list[str]]:
@@ -129,16 +150,7 @@ def find_identities(
 
     if SOPS_AGE_KEY_FILE in env:
         path = env[SOPS_AGE_KEY_FILE]
-        label = f"{SOPS_AGE_KEY_FILE}={path}"
-        try:
-            with open(path, encoding="utf-8") as fh:
-                found = _parse_text(fh.read(), path)
-            searched.append(f"{label} ({_count(len(found))})")
-            identities += found
-        except OSError as exc:
-            searched.append(f"{label} (cannot read: {exc.strerror})")
-        except (AgeKeyError, UnicodeDecodeError) as exc:
-            searched.append(f"{label} (invalid: {exc})")
+        identities += _read_key_file(path, f"{SOPS_AGE_KEY_FILE}={path}", searched)
     else:
         searched.append(f"{SOPS_AGE_KEY_FILE} (not set)")
 
@@ -168,17 +180,8 @@ def find_identities(
         config_dir = os.path.join(home, ".config")
     if config_dir:
         path = os.path.join(config_dir, USER_CONFIG_PATH)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                found = _parse_text(fh.read(), path)
-            searched.append(f"{path} ({_count(len(found))})")
-            identities += found
-        except FileNotFoundError:
-            searched.append(f"{path} (not found)")
-        except OSError as exc:
-            searched.append(f"{path} (cannot read: {exc.strerror})")
-        except (AgeKeyError, UnicodeDecodeError) as exc:
-            searched.append(f"{path} (invalid: {exc})")
+        # sops reads this file whenever it exists; its absence is normal, not an error.
+        identities += _read_key_file(path, path, searched, missing="not found")
     # Duplicates cost a decryption attempt each; keep the first occurrence.
     seen: set[str] = set()
     unique = [i for i in identities if not (i in seen or seen.add(i))]
