@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import sops as engine
-from .age import AgeKeyError, redact, validate_recipient
+from .age import (
+    AgeKeyError,
+    parse_identities,
+    redact,
+    ssh_private_key_to_identity,
+    validate_identity,
+    validate_recipient,
+)
 from .fsutil import (
     commit_staged,
     discard_staged,
@@ -502,8 +509,6 @@ def collect_identities(identity_files: Sequence[str] = (), age_keys: Sequence[st
     Returns None when neither is given, meaning: search like sops does
     (SOPS_AGE_KEY_FILE, ~/.config/sops/age/keys.txt, …).
     """
-    from .age import parse_identities, ssh_private_key_to_identity, validate_identity
-
     if not identity_files and not age_keys:
         return None
     out: list[str] = []
