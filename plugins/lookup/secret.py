@@ -86,21 +86,13 @@ from ansible.plugins.lookup import LookupBase
 from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import one_line
 
 
-def _errors() -> tuple[type[BaseException], ...]:
-    from ansible_collections.nixfleet.sops.plugins.module_utils.age import AgeKeyError
-    from ansible_collections.nixfleet.sops.plugins.module_utils.fleet import FleetError
-    from ansible_collections.nixfleet.sops.plugins.module_utils.sops import SopsError
-    from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfigError
-
-    return (SopsError, SopsConfigError, FleetError, AgeKeyError)
-
-
 class LookupModule(LookupBase):
     """``lookup('nixfleet.sops.secret', FILE, key=…)``: decrypted values from sops files."""
 
     def run(self, terms: list[Any], variables: dict[str, Any] | None = None, **kwargs: Any) -> list[Any]:
         """One decrypted value (or document) per file in ``terms``."""
         from ansible_collections.nixfleet.sops.plugins.module_utils import fleet, secrets
+        from ansible_collections.nixfleet.sops.plugins.module_utils.errors import NixfleetError
 
         self.set_options(var_options=variables, direct=kwargs)
         key = self.get_option("key")
@@ -114,7 +106,7 @@ class LookupModule(LookupBase):
                 keypath = secrets.parse_key_path(key, path) if key not in (None, "", []) else None
                 ids = fleet.collect_identities(id_files, age_keys)
                 out.append(secrets.read_secret(path, keypath, ids))
-            except _errors() as exc:
+            except NixfleetError as exc:
                 raise AnsibleLookupError(one_line(exc)) from None
             except OSError as exc:
                 where = f"{exc.filename}: " if getattr(exc, "filename", None) else f"{path}: "

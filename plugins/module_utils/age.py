@@ -18,6 +18,8 @@ import re
 import struct
 from dataclasses import dataclass
 
+from .errors import NixfleetError
+
 RECIPIENT_HRP = "age"
 IDENTITY_HRP = "age-secret-key-"
 _CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
@@ -39,7 +41,7 @@ _ED25519_ONLY = (
 )
 
 
-class AgeKeyError(ValueError):
+class AgeKeyError(NixfleetError, ValueError):
     """Bad key input. The message names the problem and where, never the key."""
 
 

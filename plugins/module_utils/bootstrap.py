@@ -35,6 +35,7 @@ from typing import Any
 
 from . import age, fleet, keyinventory, secrets, sshkeys
 from . import sops as engine
+from .errors import NixfleetError
 from .fsutil import atomic_write, ensure_private_dir
 from .sops_config import SopsConfig, check_anchor_name
 
@@ -44,7 +45,7 @@ REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 HOST_KEY_NAME = "ssh_host_ed25519_key"
 
 
-class BootstrapError(ValueError):
+class BootstrapError(NixfleetError, ValueError):
     """Bad input or a repository state bootstrap must not paper over; names host, file and fix."""
 
 

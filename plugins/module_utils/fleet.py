@@ -31,6 +31,7 @@ from .age import (
     validate_identity,
     validate_recipient,
 )
+from .errors import NixfleetError
 from .fsutil import (
     commit_staged,
     discard_staged,
@@ -48,7 +49,7 @@ _SKIP_DIRS = {".git", ".jj", ".hg", ".nixfleet", ".direnv", "result", "node_modu
 _PARALLEL_THRESHOLD = 64
 
 
-class FleetError(RuntimeError):
+class FleetError(NixfleetError, RuntimeError):
     """An operation refused to write; the message lists the files and what to do."""
 
     def __init__(self, message: str, files: Sequence[dict[str, str]] = ()) -> None:

@@ -21,8 +21,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+from .errors import NixfleetError
 
-class LockedError(RuntimeError):
+
+class LockedError(NixfleetError, RuntimeError):
     """Another process holds the lock; the message names the holder."""
 
 

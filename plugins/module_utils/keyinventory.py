@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import yaml
 
 from .age import parse_ssh_public_key, validate_recipient
+from .errors import NixfleetError
 from .fsutil import atomic_write, ensure_private_dir
 from .sops_config import check_anchor_name
 
@@ -27,7 +28,7 @@ HEADER = (
 )
 
 
-class InventoryError(ValueError):
+class InventoryError(NixfleetError, ValueError):
     """Malformed inventory or entry; the message names the file and entry."""
 
 

@@ -12,36 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .errors import NixfleetError
+
 T = TypeVar("T")
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from .age import AgeKeyError
-    from .fsutil import LockedError
-    from .keyinventory import InventoryError
-    from .vcs import VcsError
-
-    errors: list[type[BaseException]] = [AgeKeyError, LockedError, InventoryError, VcsError]
-    try:
-        from .bootstrap import BootstrapError
-
-        errors.append(BootstrapError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from .sops import SopsError
-        from .sops_config import SopsConfigError
-
-        errors += [SopsError, SopsConfigError]
-    except ImportError:  # pragma: no cover - the controller always has them
-        pass
-    try:
-        from .fleet import FleetError
-
-        errors.append(FleetError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
 
 
 def one_line(exc: BaseException) -> str:
@@ -73,7 +46,7 @@ def run_guarded(module: Any, work: Callable[[], T], prefix: str | None = None, *
 
     try:
         return work()
-    except _known_errors() as exc:
+    except NixfleetError as exc:
         extra = dict(fail_extra)
         files = getattr(exc, "files", None)
         if files:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.nixfleet.sops.plugins.module_utils.age import AgeKeyError, validate_recipient
+from ansible_collections.nixfleet.sops.plugins.module_utils.errors import NixfleetError
 from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import atomic_write
 from ruamel.yaml import YAML
 from ruamel.yaml import events as ev
@@ -65,7 +66,7 @@ RULE_FIELDS = (
 OTHER_KEY_TYPES = ("pgp", "kms", "gcp_kms", "azure_keyvault", "hc_vault_transit_uri", "hc_vault", "hckms")
 
 
-class SopsConfigError(ValueError):
+class SopsConfigError(NixfleetError, ValueError):
     """Bad input or a ``.sops.yaml`` this module cannot edit safely; the message says where."""
 
 

@@ -35,6 +35,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.age import (
     ssh_public_key_to_recipient,
     x25519_scalar_from_ed25519_seed,
 )
+from ansible_collections.nixfleet.sops.plugins.module_utils.errors import NixfleetError
 from ansible_collections.nixfleet.sops.plugins.module_utils.x25519 import public_key as x25519_public_key
 
 ACTIVATE_SCRIPT = "/run/current-system/activate"
@@ -64,7 +65,7 @@ FIX_PUSH_HOST_KEY = (
 _STORE_PATH = re.compile(r"^/nix/store/[0-9a-z]{32}-([^/]+)(/.*)?$")
 
 
-class VerifyError(Exception):
+class VerifyError(NixfleetError):
     """A problem with the verifier's own input (not a fault on the host)."""
 
 

@@ -21,10 +21,12 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .errors import NixfleetError
+
 Runner = Callable[[Sequence[str], str], "subprocess.CompletedProcess[str]"]
 
 
-class VcsError(RuntimeError):
+class VcsError(NixfleetError, RuntimeError):
     """A VCS command failed; the message names the repo, the command and its error output."""
 
 

@@ -8,14 +8,11 @@ Every message names the file it is about and never contains key material
 
 from __future__ import annotations
 
+from ..errors import NixfleetError
 
-class SopsError(Exception):
+
+class SopsError(NixfleetError):
     """Any failure of the sops engine; ``path`` is the file it concerns (or None)."""
-
-    def __init__(self, message: str, path: str | None = None) -> None:
-        self.path = path
-        self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
 
 
 class SopsFormatError(SopsError):
