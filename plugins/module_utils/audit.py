@@ -230,7 +230,7 @@ tr.error td {{ background: #fbe0e0; }} tr.warning td {{ background: #fff4d0; }}
 
 def write_report(a: Audit, path: str, title: str, check_mode: bool = False) -> bool:
     """Write the HTML report atomically; True when its content changed."""
-    from .fsutil import atomic_write
+    from .fsutil import atomic_write, make_dirs
 
     text = html_report(a, title)
     try:
@@ -240,6 +240,6 @@ def write_report(a: Audit, path: str, title: str, check_mode: bool = False) -> b
     except FileNotFoundError:
         pass
     if not check_mode:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        make_dirs(os.path.dirname(os.path.abspath(path)), 0o755)
         atomic_write(path, text, default_mode=0o644)
     return True

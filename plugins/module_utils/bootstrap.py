@@ -36,7 +36,7 @@ from typing import Any
 from . import age, fleet, keyinventory, secrets, sshkeys
 from . import sops as engine
 from .errors import NixfleetError
-from .fsutil import atomic_write, ensure_private_dir
+from .fsutil import atomic_write, ensure_private_dir, make_dirs
 from .sops_config import SopsConfig, check_anchor_name
 
 HOST_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -259,7 +259,7 @@ def ensure_host_keys(
         res.touch(spec.host_key_file)
         res.touch(spec.host_file)
     else:
-        os.makedirs(os.path.dirname(host_key_path), exist_ok=True)
+        make_dirs(os.path.dirname(host_key_path), 0o755)
         put(host_key_path, spec.host_key_file, [HOST_KEY_NAME], host_kp.private_pem.decode())
         put(host_key_path, spec.host_key_file, [HOST_KEY_NAME + ".pub"], host_kp.public_line)
         put(host_file_path, spec.host_file, ["keys", "age"], user_identity)
@@ -361,7 +361,7 @@ def stage_extra_files(
             if not os.path.isdir(full):
                 os.mkdir(full, dir_modes[d])
             os.chmod(full, dir_modes[d])
-        atomic_write(os.path.join(dest, rel), data, mode=mode)
+        atomic_write(os.path.join(dest, rel), data, mode=mode, private=mode & 0o077 == 0)
         files.append(StagedFile(rel, f"{mode:04o}", owner))
 
     roots = [""] + ([persist] if persist else [])

@@ -36,16 +36,14 @@ from .fsutil import (
     commit_staged,
     discard_staged,
     fsync_dir,
-    is_staged_temp,
     remove_stale_temps,
     stage_write,
     sync_staged,
+    walk_files,
 )
 from .sops_config import NoMatchingRuleError, SopsConfig, SopsConfigError, compile_path_regex
 
 CONFIG_NAME = ".sops.yaml"
-# Directories under the secrets repo that never hold sops files.
-_SKIP_DIRS = {".git", ".jj", ".hg", ".nixfleet", ".direnv", "result", "node_modules"}
 _PARALLEL_THRESHOLD = 64
 
 
@@ -133,20 +131,7 @@ def compile_user_regex(pattern: str, what: str) -> re.Pattern[str]:
 def iter_candidate_files(repo: str, include: Sequence[str] = ()) -> list[str]:
     """Files under ``repo`` that may be sops files, relative, sorted; ``include`` limits to path regexes."""
     pats = [compile_user_regex(p, "include") for p in include]
-    out = []
-    for dirpath, dirnames, filenames in os.walk(repo):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
-        for fn in filenames:
-            full = os.path.join(dirpath, fn)
-            rel = os.path.relpath(full, repo)
-            if rel == CONFIG_NAME or fn.startswith(".nixfleet-sops.lock") or os.path.islink(full):
-                continue
-            if is_staged_temp(fn):
-                continue  # an atomic write's temp file (a killed run may leave one)
-            if pats and not any(p.search(rel) for p in pats):
-                continue
-            out.append(rel)
-    return sorted(out)
+    return [rel for rel in walk_files(repo) if rel != CONFIG_NAME and (not pats or any(p.search(rel) for p in pats))]
 
 
 def _read_meta(path: str) -> tuple[str, Any]:

@@ -4,8 +4,9 @@
 
 Nothing is lost: a write lands either whole or not at all (temp file in the
 same directory, fsync, rename, fsync of the directory) and keeps the mode and
-owner of the file it replaces. Private material lives in 0700 directories that
-are removed when done.
+owner of the file it replaces. Modes are always set explicitly, never left to
+the umask. No write follows a symlink that someone else planted, and private
+key material lives in 0700 directories that are removed when done.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import errno
 import fcntl
 import os
 import re
+import secrets
+import shutil
 import socket
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 
@@ -28,15 +32,48 @@ class LockedError(NixfleetError, RuntimeError):
     """Another process holds the lock; the message names the holder."""
 
 
+class UnsafePathError(NixfleetError, OSError):
+    """A path a write would go through is a link or directory someone else controls."""
+
+
 # Temp files of ours are `.<name>.nixfleet-<random>.tmp`: recognisable, so a cleanup after a
 # killed run removes exactly them and never a user's own `.something.tmp`.
 TEMP_MARKER = ".nixfleet-"
 _TEMP_RE = re.compile(r"^\..+\.nixfleet-[A-Za-z0-9_]{6,}\.tmp$")
+LOCK_NAME = ".nixfleet-sops.lock"
+# The one list of directories under a secrets repository that never hold sops files.
+SKIP_DIRS = frozenset({".git", ".jj", ".hg", ".nixfleet", ".direnv", "result", "node_modules"})
 
 
 def is_staged_temp(name: str) -> bool:
     """True for the name of a temp file stage_write/atomic_write creates."""
     return bool(_TEMP_RE.match(name))
+
+
+def walk_files(root: str, skip_dirs: frozenset[str] = SKIP_DIRS) -> list[str]:
+    """Regular files under ``root``, relative and sorted: the one walk of a secrets repository.
+
+    Symlinks are never followed (a link out of the tree is not a file of the
+    tree), FIFOs, sockets and devices are not files, and our own temp and lock
+    files are left out.
+    """
+    out: list[str] = []
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            entries = list(os.scandir(os.path.join(root, rel_dir) if rel_dir else root))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name not in skip_dirs:
+                    stack.append(rel)
+            elif entry.is_file(follow_symlinks=False):
+                if not is_staged_temp(entry.name) and not entry.name.startswith(LOCK_NAME):
+                    out.append(rel)
+    return sorted(out)
 
 
 def fsync_dir(directory: str) -> None:
@@ -53,49 +90,110 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _trusted_uid(uid: int) -> bool:
+    return uid in (0, os.geteuid())
+
+
+def resolve_write_target(path: str) -> str:
+    """Where a write to ``path`` lands: through a symlink only when we or root made it.
+
+    A link another user planted (``keys.txt -> ~mallory/grab``) is refused, so
+    a write never lands where someone else chose. Returns the real path.
+    """
+    hops = 0
+    current = os.path.abspath(path)
+    while True:
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            return os.path.join(os.path.realpath(os.path.dirname(current)), os.path.basename(current))
+        if not stat.S_ISLNK(st.st_mode):
+            return os.path.realpath(current)
+        if not _trusted_uid(st.st_uid):
+            raise UnsafePathError(
+                f"{current} is a symlink owned by uid {st.st_uid}, not by you or root: refusing to write "
+                "through it; remove the link (or replace it with the file) and run again"
+            )
+        hops += 1
+        if hops > 40:
+            raise UnsafePathError(f"{path}: too many levels of symbolic links")
+        current = os.path.join(os.path.dirname(current), os.readlink(current))
+
+
+def _check_private_dir(directory: str) -> None:
+    """A private key may only land in a directory no other user can write or swap."""
+    st = os.stat(directory)
+    if not _trusted_uid(st.st_uid) or st.st_mode & 0o022:
+        raise UnsafePathError(
+            f"{directory} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: another user "
+            "could read or replace a private key written there; use a directory only you (or root) can write"
+        )
+
+
+def _named(exc: OSError, path: str) -> OSError:
+    """The same error, naming ``path`` (a full disk must say which file it was writing)."""
+    if getattr(exc, "filename", None):
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), path)
+
+
 def stage_write(
-    path: str, data: bytes | str, mode: int | None = None, default_mode: int = 0o600, sync: bool = True
+    path: str,
+    data: bytes | str,
+    mode: int | None = None,
+    default_mode: int = 0o600,
+    sync: bool = True,
+    private: bool = False,
 ) -> str:
     """Write ``data`` to a temp file beside ``path`` and return the temp's path.
 
     The temp gets ``mode``, else the mode and owner of the existing ``path``,
-    else ``default_mode``. Nothing is visible at ``path`` until
-    commit_staged(); a fleet operation stages every file before committing
-    any, so a failure halfway writes nothing. ``sync=False`` leaves the fsync
-    to the caller, who must call sync_staged() before committing: a fleet
-    operation flushes all its temps at once, since a create after each fsync
-    waits for the journal and costs ~1 ms per file.
+    else ``default_mode``; the umask plays no part. ``private`` (a key file)
+    never inherits another user's ownership and refuses a directory others can
+    write. Nothing is visible at ``path`` until commit_staged(); a fleet
+    operation stages every file before committing any, so a failure halfway
+    writes nothing. ``sync=False`` leaves the fsync to the caller, who must call
+    sync_staged() before committing.
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    # Through a symlink, the file it points at is replaced (the link stays a link).
-    path = os.path.realpath(path)
+    path = resolve_write_target(path)
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         raise FileNotFoundError(errno.ENOENT, "directory does not exist", directory)
+    if private:
+        _check_private_dir(directory)
     try:
         st: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
         st = None
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + TEMP_MARKER, suffix=".tmp", dir=directory)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise UnsafePathError(f"{path} exists and is not a regular file; refusing to replace it")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + TEMP_MARKER, suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise _named(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
             if mode is not None:
                 os.fchmod(fh.fileno(), mode)
             elif st is not None:
-                os.fchmod(fh.fileno(), stat.S_IMODE(st.st_mode))
+                os.fchmod(fh.fileno(), stat.S_IMODE(st.st_mode) & (0o7077 if private else 0o7777))
             else:
                 os.fchmod(fh.fileno(), default_mode)
-            if st is not None and (os.geteuid() == 0 or st.st_uid == os.geteuid()):
+            keep_owner = st is not None and (os.geteuid() == 0 or st.st_uid == os.geteuid())
+            if keep_owner and not (private and st.st_uid != os.geteuid()):
                 with contextlib.suppress(PermissionError):
                     os.fchown(fh.fileno(), st.st_uid, st.st_gid)
+            fh.write(data)
+            fh.flush()
             if sync:
                 os.fsync(fh.fileno())
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _named(exc, path) from None
         raise
     return tmp
 
@@ -133,7 +231,10 @@ def sync_staged(tmps: list[str]) -> None:
 
 def commit_staged(tmp: str, path: str, sync_dir: bool = True) -> None:
     """Rename a staged temp over ``path`` (atomic) and fsync the directory."""
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise _named(exc, path) from None
     if sync_dir:
         fsync_dir(os.path.dirname(os.path.abspath(path)))
 
@@ -145,56 +246,127 @@ def discard_staged(tmps: list[str]) -> None:
             os.unlink(tmp)
 
 
-def atomic_write(path: str, data: bytes | str, mode: int | None = None, default_mode: int = 0o600) -> None:
+def atomic_write(
+    path: str, data: bytes | str, mode: int | None = None, default_mode: int = 0o600, private: bool = False
+) -> None:
     """Replace ``path`` with ``data`` atomically.
 
     The temp file is created in the same directory, fsynced and renamed over
     ``path``. An existing file's mode and owner are kept unless ``mode`` is
-    given; a new file gets ``mode`` or ``default_mode``. On any failure the
-    temp file is removed and ``path`` is left as it was.
+    given; a new file gets ``mode`` or ``default_mode``. ``private`` marks a key
+    file (see stage_write). On any failure the temp file is removed and
+    ``path`` is left as it was.
     """
-    tmp = stage_write(path, data, mode, default_mode)
+    tmp = stage_write(path, data, mode, default_mode, private=private)
     try:
-        commit_staged(tmp, os.path.realpath(path))
+        commit_staged(tmp, resolve_write_target(path))
     except BaseException:
         discard_staged([tmp])
         raise
 
 
+def make_dirs(path: str, mode: int = 0o755) -> bool:
+    """Create ``path`` and its missing parents, each with exactly ``mode``; True when one was made.
+
+    Existing directories are left as they are (they may be the user's); an
+    existing component that is a symlink someone else owns is refused.
+    """
+    path = os.path.abspath(path)
+    missing: list[str] = []
+    current = path
+    while True:
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            missing.append(current)
+            parent = os.path.dirname(current)
+            if parent == current:
+                break
+            current = parent
+            continue
+        if stat.S_ISLNK(st.st_mode) and not _trusted_uid(st.st_uid):
+            raise UnsafePathError(f"{current} is a symlink owned by uid {st.st_uid}; refusing to create under it")
+        if not os.path.isdir(current):
+            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", current)
+        break
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            continue
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, mode)  # the umask may have masked bits
+        finally:
+            os.close(fd)
+    return bool(missing)
+
+
 def ensure_private_dir(path: str, mode: int = 0o700) -> bool:
     """Create ``path`` (and parents) with ``mode`` when missing; return True when created.
 
-    An existing directory is left as it is: it may belong to the user.
+    An existing directory is left as it is when it is ours (or root's); one
+    another user owns, or a symlink, is refused: a private key must not land
+    where someone else can read it.
     """
-    if os.path.isdir(path):
-        return False
-    parent = os.path.dirname(os.path.abspath(path))
-    if parent and not os.path.isdir(parent):
-        ensure_private_dir(parent, mode)
     try:
-        os.mkdir(path, mode)
-    except FileExistsError:
-        return False
-    os.chmod(path, mode)  # umask may have masked bits
-    return True
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return make_dirs(path, mode)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise UnsafePathError(f"{path} is not a plain directory (a symlink or a file); refusing to use it")
+    if not _trusted_uid(st.st_uid):
+        raise UnsafePathError(
+            f"{path} is owned by uid {st.st_uid}, not by you: refusing to put private keys in it; "
+            "remove it or choose another directory"
+        )
+    return False
+
+
+# --------------------------------------------------------------------------- the repository lock
+_HELD = threading.local()
 
 
 @contextlib.contextmanager
-def repo_lock(directory: str, name: str = ".nixfleet-sops.lock", purpose: str = "") -> Iterator[str]:
-    """Hold an exclusive, non-blocking lock on ``directory``.
+def repo_lock(
+    directory: str, name: str = LOCK_NAME, purpose: str = "", require: str | None = None
+) -> Iterator[str]:
+    """Hold an exclusive, non-blocking lock on ``directory`` for a whole read-modify-write.
 
     The lock file records who holds it (host, pid, start time, purpose) so the
     error a second run sees names the holder. The kernel releases the lock when
-    the holder dies, so a killed run never leaves the repository locked.
+    the holder dies, so a killed run never leaves the repository locked. The
+    same thread may take it again (bootstrap holds it while the key inventory
+    records); another thread or process is refused. ``require`` names a file
+    that must exist in ``directory`` first (``.sops.yaml``), so pointing a
+    module at the wrong directory leaves no lock file behind.
     """
     if not os.path.isdir(directory):
         raise FileNotFoundError(errno.ENOENT, "no such directory (is this the secrets repository?)", directory)
+    if require and not os.path.exists(os.path.join(directory, require)):
+        raise FileNotFoundError(errno.ENOENT, f"has no {require}: is this the secrets repository?", directory)
     # Inside .git (or .jj) the lock file never shows up as an untracked file in the user's repo.
     home = next((os.path.join(directory, d) for d in (".git", ".jj") if os.path.isdir(os.path.join(directory, d))),
                 directory)
     lock_path = os.path.join(home, name)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    held: dict[str, int] = _HELD.__dict__.setdefault("paths", {})
+    key = os.path.realpath(lock_path)
+    if held.get(key):
+        held[key] += 1
+        try:
+            yield lock_path
+        finally:
+            held[key] -= 1
+        return
     try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePathError(f"{lock_path} is a symlink; refusing to use it as the lock file") from None
+        raise _named(exc, lock_path) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafePathError(f"{lock_path} is not a regular file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -202,18 +374,22 @@ def repo_lock(directory: str, name: str = ".nixfleet-sops.lock", purpose: str = 
                 raise
             holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown holder"
             raise LockedError(
-                f"{directory} is locked by another nixfleet.sops run ({holder}); "
-                f"wait for it to finish, or remove {lock_path} if that process is gone"
+                f"{directory} is locked by another nixfleet.sops run ({holder}); wait for it to finish and run "
+                "again (the lock goes away by itself when that process ends)"
             ) from None
         info = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
         if purpose:
             info += f" ({purpose})"
         os.ftruncate(fd, 0)
         os.pwrite(fd, info.encode(), 0)
-        yield lock_path
+        held[key] = 1
+        try:
+            yield lock_path
+        finally:
+            held.pop(key, None)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
     finally:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
         os.close(fd)
 
 
@@ -233,3 +409,114 @@ def remove_stale_temps(directory: str, skip_dirs: frozenset[str] = frozenset({".
                     os.unlink(p)
                     removed.append(p)
     return removed
+
+
+# --------------------------------------------------------------------------- private runtime staging
+_RUN_FILE = ".nixfleet-run"
+
+
+def runtime_base(env: dict[str, str] | None = None) -> str:
+    """Where private staging goes: a per-user tmpfs when there is one, else the temp directory.
+
+    ``$XDG_RUNTIME_DIR`` (owned by us, 0700), else ``/dev/shm``, else
+    ``tempfile.gettempdir()``; in each, a ``nixfleet-<uid>`` directory that only
+    we can enter. A reboot clears a tmpfs, so keys never outlive a power cut.
+    """
+    env = dict(os.environ) if env is None else env
+    candidates = []
+    xdg = env.get("XDG_RUNTIME_DIR", "")
+    if xdg and os.path.isabs(xdg):
+        try:
+            st = os.stat(xdg)
+            if st.st_uid == os.geteuid() and not st.st_mode & 0o077:
+                candidates.append(xdg)
+        except OSError:
+            pass
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        candidates.append("/dev/shm")
+    candidates.append(tempfile.gettempdir())
+    base = os.path.join(candidates[0], f"nixfleet-{os.geteuid()}")
+    ensure_private_dir(base)
+    st = os.lstat(base)
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(base, 0o700)
+    return base
+
+
+def _playbook_process() -> tuple[int, str]:
+    """(pid, start time) of the outermost ansible process above us, else of our parent.
+
+    A staging directory belongs to one run of a playbook; when that process is
+    gone, the directory is stale.
+    """
+    pid, found = os.getppid(), (os.getppid(), _start_time(os.getppid()))
+    for _ in range(64):
+        if pid <= 1:
+            break
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                ppid = int(fh.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        if any(os.path.basename(a.decode("utf-8", "replace")).startswith("ansible") for a in argv[:2]):
+            found = (pid, _start_time(pid))
+        pid = ppid
+    return found
+
+
+def _start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def _run_alive(run_dir: str) -> bool:
+    try:
+        with open(os.path.join(run_dir, _RUN_FILE), encoding="utf-8") as fh:
+            pid_text, start = (fh.read().split() + ["", ""])[:2]
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not start or _start_time(pid) == start
+
+
+def remove_stale_staging(base: str | None = None) -> list[str]:
+    """Remove staging directories whose run is gone (an interrupted bootstrap); return them."""
+    base = base or runtime_base()
+    removed = []
+    for entry in sorted(os.listdir(base)):
+        path = os.path.join(base, entry)
+        if os.path.islink(path) or not os.path.isdir(path):
+            continue
+        if not _run_alive(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def new_staging_dir(purpose: str, base: str | None = None) -> tuple[str, list[str]]:
+    """A new private (0700) staging directory for this run, and the stale ones removed first.
+
+    The directory records which playbook run owns it, so the next run can tell
+    an interrupted run's leftovers (plaintext keys) from a live one's.
+    """
+    base = base or runtime_base()
+    removed = remove_stale_staging(base)
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", purpose)[:60]
+    path = os.path.join(base, f"{safe}-{secrets.token_hex(6)}")
+    os.mkdir(path, 0o700)
+    os.chmod(path, 0o700)
+    pid, start = _playbook_process()
+    with open(os.open(os.path.join(path, _RUN_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+        fh.write(f"{pid} {start}\n")
+    return path, removed

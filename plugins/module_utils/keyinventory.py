@@ -17,7 +17,7 @@ import yaml
 
 from .age import parse_ssh_public_key, validate_recipient
 from .errors import NixfleetError
-from .fsutil import atomic_write, ensure_private_dir
+from .fsutil import atomic_write, make_dirs
 from .sops_config import check_anchor_name
 
 INVENTORY_PATH = os.path.join(".nixfleet", "keys.yaml")
@@ -129,7 +129,7 @@ def record(
     else:
         entries.append(KeyEntry(anchor=anchor, kind=kind, recipient=recipient, created=today, host=host))
     if not check_mode:
-        ensure_private_dir(os.path.dirname(inventory_file(repo)), 0o755)
+        make_dirs(os.path.dirname(inventory_file(repo)), 0o755)
         atomic_write(inventory_file(repo), _render(entries), default_mode=0o644)
     return True
 

@@ -117,7 +117,7 @@ def ensure_age_keypair(
         result.actions.append(("replace " if os.path.exists(path) else "create ") + path)
         _prepare_parent(path, check_mode, result)
         if not check_mode:
-            atomic_write(path, age.format_identity_file(identity), mode=0o600)
+            atomic_write(path, age.format_identity_file(identity), mode=0o600, private=True)
 
     recipient = age.recipient_from_identity(identity)
     result.after = {"recipient": recipient}
@@ -163,7 +163,7 @@ def ensure_ssh_keypair(
             result.changed = True
             result.actions.append(f"set comment of {path}")
             if not check_mode:
-                atomic_write(path, keypair.private_pem, mode=0o600)
+                atomic_write(path, keypair.private_pem, mode=0o600, private=True)
 
     if keypair is None:
         keypair = sshkeys.generate(comment)
@@ -171,7 +171,7 @@ def ensure_ssh_keypair(
         result.actions.append(("replace " if os.path.exists(path) else "create ") + path)
         _prepare_parent(path, check_mode, result)
         if not check_mode:
-            atomic_write(path, keypair.private_pem, mode=0o600)
+            atomic_write(path, keypair.private_pem, mode=0o600, private=True)
 
     current_pub = None
     if os.path.exists(pub_path):

@@ -32,7 +32,7 @@ from typing import Any
 
 from ansible_collections.nixfleet.sops.plugins.module_utils.age import AgeKeyError, validate_recipient
 from ansible_collections.nixfleet.sops.plugins.module_utils.errors import NixfleetError
-from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import atomic_write
+from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import atomic_write, walk_files
 from ruamel.yaml import YAML
 from ruamel.yaml import events as ev
 from ruamel.yaml.error import MarkedYAMLError
@@ -1748,15 +1748,9 @@ class SopsConfig:
         return findings
 
     def iter_files(self) -> Iterator[str]:
-        """Paths (relative to the config dir) of the files under it, skipping VCS directories."""
-        base = self.config_dir
-        config = os.path.abspath(self.path)
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = sorted(d for d in dirnames if d not in (".git", ".jj", ".hg", ".direnv", "result"))
-            for fn in sorted(filenames):
-                full = os.path.join(dirpath, fn)
-                if full != config and not os.path.islink(full):
-                    yield os.path.relpath(full, base)
+        """Paths (relative to the config dir) of the files under it, as every fleet operation walks them."""
+        config = os.path.basename(self.path)
+        yield from (rel for rel in walk_files(self.config_dir) if rel != config)
 
     def _file_findings(self, rules: list[CreationRule]) -> list[dict[str, Any]]:
         findings: list[dict[str, Any]] = []

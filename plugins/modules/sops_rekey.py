@@ -117,7 +117,8 @@ def main() -> None:
 
     def work():
         ids = fleet.collect_identities(p["identity_files"], p["age_keys"])
-        with repo_lock(p["repo"], purpose="sops_rekey") if not module.check_mode else nullcontext():
+        lock = repo_lock(p["repo"], purpose="sops_rekey", require=".sops.yaml")
+        with lock if not module.check_mode else nullcontext():
             return fleet.rekey(p["repo"], ids, p["include"], module.check_mode, p["continue_on_error"], p["workers"])
 
     res = run_guarded(module, work)

@@ -111,7 +111,8 @@ def main() -> None:
 
     def work():
         ids = fleet.collect_identities(p["identity_files"], p["age_keys"])
-        with repo_lock(p["repo"], purpose="sops_rotate") if not module.check_mode else nullcontext():
+        lock = repo_lock(p["repo"], purpose="sops_rotate", require=".sops.yaml")
+        with lock if not module.check_mode else nullcontext():
             return fleet.rotate(p["repo"], ids, p["path_regex"], p["recipient"], p["anchor"], module.check_mode,
                                 p["continue_on_error"], p["workers"])
 
