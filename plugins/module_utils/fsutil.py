@@ -329,7 +329,7 @@ _HELD = threading.local()
 
 @contextlib.contextmanager
 def repo_lock(
-    directory: str, name: str = LOCK_NAME, purpose: str = "", require: str | None = None
+    directory: str, name: str = LOCK_NAME, purpose: str = "", require: str | None = None, wait: float = 0
 ) -> Iterator[str]:
     """Hold an exclusive, non-blocking lock on ``directory`` for a whole read-modify-write.
 
@@ -339,7 +339,8 @@ def repo_lock(
     same thread may take it again (bootstrap holds it while the key inventory
     records); another thread or process is refused. ``require`` names a file
     that must exist in ``directory`` first (``.sops.yaml``), so pointing a
-    module at the wrong directory leaves no lock file behind.
+    module at the wrong directory leaves no lock file behind. ``wait`` seconds
+    are spent waiting for a busy lock (parallel runs queue up) before giving up.
     """
     if not os.path.isdir(directory):
         raise FileNotFoundError(errno.ENOENT, "no such directory (is this the secrets repository?)", directory)
@@ -367,15 +368,22 @@ def repo_lock(
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise UnsafePathError(f"{lock_path} is not a regular file; remove it")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
+        deadline = time.monotonic() + max(wait, 0)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
             holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown holder"
             raise LockedError(
                 f"{directory} is locked by another nixfleet.sops run ({holder}); wait for it to finish and run "
                 "again (the lock goes away by itself when that process ends)"
+                + (f"; waited {wait:g} s" if wait else "")
             ) from None
         info = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
         if purpose:
