@@ -15,6 +15,7 @@ given): ``jj diff --summary -- PATHS``, ``jj commit -m MSG -- PATHS``,
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -100,6 +101,12 @@ class _Git(_Vcs):
         self.run(commit)
         res.commit = self.run(["git", "rev-parse", "HEAD"]).strip()
 
+    def unstage(self, rels: list[str]) -> None:
+        """Take ``rels`` out of the index again (after a failed commit)."""
+        head = self.run_cmd(["git", "rev-parse", "--verify", "-q", "HEAD"], self.repo).returncode == 0
+        cmd = ["git", "reset", "-q", "--", *rels] if head else ["git", "rm", "-q", "--cached", "-r", "--", *rels]
+        self.run_cmd(cmd, self.repo)
+
     def push(self, res: CommitResult, check_mode: bool, remote: str | None, branch: str | None) -> None:
         cmd = ["git", "push", "-q"] + ([remote] if remote else []) + ([branch] if branch and remote else [])
         res.commands.append(cmd)
@@ -110,6 +117,9 @@ class _Git(_Vcs):
 class _Jj(_Vcs):
     def changed(self, rels: list[str]) -> bool:
         return bool(self.run(["jj", "diff", "--summary", "--", *rels]).strip())
+
+    def unstage(self, rels: list[str]) -> None:
+        """jj has no index: a failed ``jj commit`` leaves the working-copy commit as it was."""
 
     def commit(self, rels: list[str], message: str, res: CommitResult, check_mode: bool,
                bookmark: str | None = None) -> None:
@@ -144,25 +154,99 @@ def commit(
 ) -> CommitResult:
     """Commit exactly ``paths`` in ``repo`` with ``message``; do nothing when they are unchanged.
 
-    ``bookmark`` (jj) is moved to the new commit; for git it names the branch
-    to push. In check mode the commands that would run are listed, none runs.
+    Paths an earlier run recorded as written but not committed (record_pending)
+    are committed too, and the record is cleared once they are. When the
+    commit fails (a pre-commit hook, say), the paths are unstaged again and
+    stay recorded, so the next run commits them and the user's own next commit
+    does not sweep them in. ``bookmark`` (jj) is moved to the new commit; for
+    git it names the branch to push. In check mode the commands that would run
+    are listed, none runs.
     """
     if not message.strip():
         raise VcsError("a commit message is required")
     kind = detect(repo, vcs)
     impl: _Vcs = _Jj(repo, runner) if kind == "jj" else _Git(repo, runner)
     res = CommitResult(vcs=kind)
-    if not paths:
+    pending = pending_paths(repo)
+    rels = sorted(set(_relpaths(repo, paths)) | set(pending))
+    if not rels:
         return res
-    rels = _relpaths(repo, paths)
     res.paths = rels
     if not impl.changed(rels):
+        if pending and not check_mode:
+            _write_pending(repo, [])  # committed (or reverted) by someone else since
         return res
     res.changed = True
-    impl.commit(rels, message, res, check_mode, bookmark=bookmark)
+    if pending and set(pending) - set(_relpaths(repo, paths)):
+        message += "\n\nAlso commits what an earlier nixfleet.sops run wrote but did not commit:\n" + "".join(
+            f"  {p}\n" for p in pending)
+    try:
+        impl.commit(rels, message, res, check_mode, bookmark=bookmark)
+    except VcsError as exc:
+        impl.unstage(rels)
+        _write_pending(repo, rels)
+        raise VcsError(f"{exc}. The {len(rels)} written file(s) are left uncommitted and unstaged, and recorded: "
+                       "fix the cause (e.g. the pre-commit hook) and run again, and they are committed then") from None
+    if not check_mode:
+        _write_pending(repo, [])
     if push:
         impl.push(res, check_mode, remote, bookmark)
     return res
+
+
+# --------------------------------------------------------------------------- pending commits
+PENDING_NAME = "nixfleet-pending.json"
+
+
+def _pending_file(repo: str) -> str | None:
+    """The record of written-but-uncommitted paths, inside .jj or .git (never committed itself)."""
+    for d in (".jj", ".git"):
+        if os.path.isdir(os.path.join(repo, d)):
+            return os.path.join(repo, d, PENDING_NAME)
+    return None
+
+
+def pending_paths(repo: str) -> list[str]:
+    """Paths an earlier run wrote and has not committed yet (relative to ``repo``)."""
+    path = _pending_file(repo)
+    if path is None:
+        return []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError):
+        raise VcsError(f"{path}: the record of uncommitted files does not parse; check `git status` and remove "
+                       "it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("paths"), list):
+        raise VcsError(f"{path}: the record of uncommitted files has an unexpected shape; remove it")
+    return sorted({str(p) for p in data["paths"] if isinstance(p, str)})
+
+
+def _write_pending(repo: str, paths: list[str]) -> None:
+    from .fsutil import atomic_write
+
+    path = _pending_file(repo)
+    if path is None:
+        return
+    if not paths:
+        if os.path.lexists(path):
+            os.unlink(path)
+        return
+    atomic_write(path, json.dumps({"paths": sorted(set(paths))}, indent=1) + "\n", default_mode=0o644)
+
+
+def record_pending(repo: str, paths: Sequence[str]) -> None:
+    """Note ``paths`` as about to be written and not yet committed (call before writing them).
+
+    A run stopped between writing and committing (killed, a failing commit hook)
+    leaves the record; the next commit in this repository commits those paths
+    too, so nothing written is left for the user's next unrelated commit to sweep in.
+    """
+    if not paths or _pending_file(repo) is None:
+        return
+    _write_pending(repo, pending_paths(repo) + _relpaths(repo, paths))
 
 
 def conventional_message(action: str, count: int, subject: str | None = None, scope: str = "sops") -> str:

@@ -13,6 +13,10 @@ description:
   - Uses jj when the repository has a C(.jj) directory (C(jj commit -m MSG -- PATHS), then moves
     O(bookmark) to the new commit), else git (C(git add -A -- PATHS), C(git commit -m MSG -- PATHS)).
   - Does nothing, and reports no change, when none of the paths changed.
+  - Files an earlier run of the collection wrote but did not commit (it was killed, or a pre-commit
+    hook refused the commit) are recorded inside C(.git)/C(.jj) and committed by the next run, with a
+    note in the message. When a commit fails, the paths are unstaged again and stay recorded, so the
+    user's own next commit does not sweep them in.
   - No jj binary exists on the collection's build machine, so the jj path is tested against a
     recorded command contract, not a real jj; git is tested for real.
 options:
@@ -21,10 +25,12 @@ options:
     type: path
     required: true
   paths:
-    description: Files to commit, absolute or relative to O(repo). Paths outside O(repo) are refused.
+    description:
+      - Files to commit, absolute or relative to O(repo). Paths outside O(repo) are refused.
+      - Recorded uncommitted files of earlier runs are added to them.
     type: list
     elements: path
-    required: true
+    default: []
   message:
     description: "The commit message, for example C(chore(sops): rekey 12 files for griefling)."
     type: str
@@ -96,7 +102,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             repo=dict(type="path", required=True),
-            paths=dict(type="list", elements="path", required=True),
+            paths=dict(type="list", elements="path", default=[]),
             message=dict(type="str", required=True),
             vcs=dict(type="str", choices=["auto", "git", "jj"], default="auto"),
             bookmark=dict(type="str"),

@@ -132,3 +132,45 @@ def test_jj_contract(tmp_path):
 def test_conventional_message():
     assert vcs.conventional_message("rekey", 12, "griefling") == "chore(sops): rekey 12 files for griefling"
     assert vcs.conventional_message("rotate data key of", 1) == "chore(sops): rotate data key of 1 file"
+
+
+def _hook(repo, body):
+    hook = repo / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\n" + body + "\n")
+    hook.chmod(0o755)
+
+
+def test_failed_commit_hook_leaves_nothing_staged_and_the_next_run_commits(repo):
+    (repo / "sops" / "a.yaml").write_text("x: 2\n")
+    _hook(repo, "echo 'secrets check failed' >&2; exit 1")
+    head = git(repo, "rev-parse", "HEAD")
+    with pytest.raises(vcs.VcsError, match="left uncommitted and unstaged.*run again") as err:
+        vcs.commit(str(repo), ["sops/a.yaml"], "chore(sops): rekey 1 file")
+    assert "secrets check failed" in str(err.value)
+    assert git(repo, "rev-parse", "HEAD") == head
+    # Nothing is staged, so the user's own next commit does not sweep the file in ...
+    assert git(repo, "diff", "--cached", "--name-only") == ""
+    assert vcs.pending_paths(str(repo)) == ["sops/a.yaml"]
+    # ... and a later run that has nothing new of its own still commits it.
+    _hook(repo, "exit 0")
+    res = vcs.commit(str(repo), [], "chore(sops): rekey 0 files")
+    assert res.changed and res.paths == ["sops/a.yaml"]
+    assert git(repo, "show", "--name-only", "--format=", "HEAD").split() == ["sops/a.yaml"]
+    assert "earlier nixfleet.sops run" in git(repo, "log", "-1", "--format=%B")
+    assert vcs.pending_paths(str(repo)) == []
+
+
+def test_paths_recorded_before_a_kill_are_committed_by_the_next_run(repo):
+    vcs.record_pending(str(repo), [str(repo / "sops" / "b.yaml")])
+    (repo / "sops" / "b.yaml").write_text("x: 9\n")  # written, then the run died before committing
+    (repo / "sops" / "a.yaml").write_text("x: 5\n")
+    res = vcs.commit(str(repo), ["sops/a.yaml"], "chore(sops): rekey 1 file")
+    assert res.paths == ["sops/a.yaml", "sops/b.yaml"]
+    assert sorted(git(repo, "show", "--name-only", "--format=", "HEAD").split()) == ["sops/a.yaml", "sops/b.yaml"]
+    assert vcs.pending_paths(str(repo)) == []
+
+
+def test_pending_record_cleared_when_the_user_committed_them(repo):
+    vcs.record_pending(str(repo), ["sops/a.yaml"])
+    res = vcs.commit(str(repo), [], "m")
+    assert not res.changed and vcs.pending_paths(str(repo)) == []
