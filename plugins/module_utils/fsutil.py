@@ -178,7 +178,9 @@ def stage_write(
             if mode is not None:
                 os.fchmod(fh.fileno(), mode)
             elif st is not None:
-                os.fchmod(fh.fileno(), stat.S_IMODE(st.st_mode) & (0o7077 if private else 0o7777))
+                # A private key never stays readable by group or others, whatever the old file allowed.
+                old = stat.S_IMODE(st.st_mode)
+                os.fchmod(fh.fileno(), (old & 0o700 or 0o600) if private else old)
             else:
                 os.fchmod(fh.fileno(), default_mode)
             keep_owner = st is not None and (os.geteuid() == 0 or st.st_uid == os.geteuid())

@@ -16,7 +16,12 @@ description:
   - With impermanence (O(persist_prefix), for example C(/persist)) the host key and C(key.txt) are staged
     under the prefix too, and the user's key only under it.
   - Directories get the modes NixOS expects (0755; homes, C(.config) and C(.ssh) 0700).
-  - The caller removes O(dest) when done (the bootstrap playbook does, also when a later step fails).
+  - Without O(dest), the tree goes into a new private staging directory under a per-user runtime location
+    (C($XDG_RUNTIME_DIR) or C(/dev/shm), tmpfs, so a reboot clears it; else the temp directory), returned as
+    RV(staging). Staging directories that an interrupted run left behind (its playbook process is gone)
+    are removed first and listed in RV(stale_removed).
+  - The caller removes the staging directory when done (the bootstrap playbook does, also when a later step
+    fails; after a Ctrl-C or a kill, the next run does).
   - Reports C(changed=false) - it fills a scratch directory and changes nothing the user manages.
   - Returns paths and modes only; file contents are never returned or shown.
 options:
@@ -33,9 +38,10 @@ options:
     type: str
     required: true
   dest:
-    description: The staging directory (created C(0700) when missing).
+    description:
+      - Where to stage the tree (created C(0700) when missing; an existing directory must be yours or root's).
+      - Omit it to stage into a new private directory (see RV(staging)).
     type: path
-    required: true
   persist_prefix:
     description:
       - Impermanence prefix such as C(/persist); empty for none.
@@ -71,7 +77,6 @@ EXAMPLES = r"""
     repo: ../nix-secrets
     host: griefling
     user: rain
-    dest: "{{ staging.path }}"
     persist_prefix: /persist
   delegate_to: localhost
   register: staged
@@ -79,9 +84,18 @@ EXAMPLES = r"""
 
 RETURN = r"""
 dest:
-  description: The staging directory.
+  description: The root of the staged tree (what C(--extra-files) takes).
   returned: always
   type: str
+staging:
+  description: The private staging directory this run created, to remove when done (absent with O(dest)).
+  returned: when O(dest) is not given
+  type: str
+stale_removed:
+  description: Staging directories of interrupted earlier runs that were removed (they held private keys).
+  returned: always
+  type: list
+  elements: str
 files:
   description: Staged files with C(path) (relative to the new root), C(mode) and C(owner).
   returned: always
@@ -94,10 +108,13 @@ dirs:
   elements: dict
 """
 
+import os
+import shutil
 from dataclasses import asdict
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.nixfleet.sops.plugins.module_utils import bootstrap, fleet
+from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import new_staging_dir
 from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import IDENTITY_ARGS, run_guarded
 
 
@@ -107,7 +124,7 @@ def main() -> None:
             repo=dict(type="path", required=True),
             host=dict(type="str", required=True),
             user=dict(type="str", required=True),
-            dest=dict(type="path", required=True),
+            dest=dict(type="path"),
             persist_prefix=dict(type="str", default=""),
             nix_config=dict(type="path"),
             user_home=dict(type="str"),
@@ -125,12 +142,25 @@ def main() -> None:
             if not p["nix_config"]:
                 raise bootstrap.BootstrapError(f"{p['host']}: persist_prefix=auto needs nix_config")
             persist = bootstrap.detect_persist_prefix(p["nix_config"], p["host"])
-        return bootstrap.stage_extra_files(p["repo"], p["host"], p["user"], p["dest"], persist, p["user_home"],
-                                           p["deploy_repos"], ids)
+        staging, stale = (None, []) if p["dest"] else new_staging_dir(f"extra-files-{p['host']}")
+        dest = p["dest"] or os.path.join(staging, "root")
+        try:
+            files, dirs = bootstrap.stage_extra_files(p["repo"], p["host"], p["user"], dest, persist, p["user_home"],
+                                                      p["deploy_repos"], ids)
+        except BaseException:
+            if staging:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return dest, staging, stale, files, dirs
 
-    files, dirs = run_guarded(module, work, host=p["host"])
+    dest, staging, stale, files, dirs = run_guarded(module, work, host=p["host"])
+    out = dict(dest=dest, stale_removed=stale, files=[asdict(f) for f in files], dirs=[asdict(d) for d in dirs])
+    if staging:
+        out["staging"] = staging
+    for path in stale:
+        module.warn(f"removed {path}: staging of an interrupted earlier run (it held private keys)")
     # Staging fills a scratch directory the caller removes; it changes nothing the user manages.
-    module.exit_json(changed=False, dest=p["dest"], files=[asdict(f) for f in files], dirs=[asdict(d) for d in dirs])
+    module.exit_json(changed=False, **out)
 
 
 if __name__ == "__main__":

@@ -33,13 +33,15 @@ def demo(tmp_path):
 
 
 def _staging_dirs(tmp):
-    return glob.glob(os.path.join(tmp, "nixfleet-extra-files-*"))
+    # The runs point XDG_RUNTIME_DIR at tmp, so their private staging lands there.
+    assert os.path.isdir(os.path.join(tmp, f"nixfleet-{os.geteuid()}")), "staging was never created under tmp"
+    return glob.glob(os.path.join(tmp, f"nixfleet-{os.geteuid()}", "extra-files-*"))
 
 
 def test_demo_bootstrap_end_to_end(demo, sops_bin):
     tmpdir = os.path.join(demo["tmp"], "scratch")
-    os.makedirs(tmpdir)
-    env = {"TMPDIR": tmpdir}
+    os.makedirs(tmpdir, mode=0o700)
+    env = {"TMPDIR": tmpdir, "XDG_RUNTIME_DIR": tmpdir}
     first = run_playbook("demo.yml", inventory=demo["inventory"], env=env, verbosity=3)
     assert first.rc == 0, first.stdout[-3000:]
     for marker in SECRET_MARKERS:
