@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+from . import failpoints
 from .errors import NixfleetError
 
 
@@ -170,6 +171,7 @@ def stage_write(
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise UnsafePathError(f"{path} exists and is not a regular file; refusing to replace it")
     try:
+        failpoints.hit("write", path)
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + TEMP_MARKER, suffix=".tmp", dir=directory)
     except OSError as exc:
         raise _named(exc, path) from None
@@ -208,6 +210,7 @@ def sync_staged(tmps: list[str]) -> None:
     """
     if not tmps:
         return
+    failpoints.hit("sync", tmps[0])
     try:
         import ctypes
 
@@ -234,6 +237,7 @@ def sync_staged(tmps: list[str]) -> None:
 def commit_staged(tmp: str, path: str, sync_dir: bool = True) -> None:
     """Rename a staged temp over ``path`` (atomic) and fsync the directory."""
     try:
+        failpoints.hit("rename", path)
         os.replace(tmp, path)
     except OSError as exc:
         raise _named(exc, path) from None
