@@ -245,6 +245,65 @@ def commit_staged(tmp: str, path: str, sync_dir: bool = True) -> None:
         fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+class PartialCommitError(NixfleetError, OSError):
+    """Renaming staged files failed and could not be undone: ``done`` are new, ``left`` as they were."""
+
+    def __init__(self, message: str, done: list[str], left: list[str]) -> None:
+        super().__init__(message)
+        self.done, self.left = done, left
+
+
+def commit_all(pairs: list[tuple[str, str]]) -> None:
+    """Rename every staged ``(temp, target)`` into place: all of them, or (on failure) none.
+
+    Each existing target is first hard-linked to a backup beside it; when a
+    rename fails, the targets already replaced get their backups back, so the
+    tree is as it was. Only when that undo fails too (the filesystem went away)
+    is the result mixed: PartialCommitError lists what is new and what is not
+    (each file is whole, old or new).
+    """
+    if not pairs:
+        return
+    sync_staged([tmp for tmp, _ in pairs])
+    backups: list[tuple[str, str | None]] = []
+    done = 0
+    try:
+        for tmp, target in pairs:
+            backup = None
+            if os.path.exists(target):
+                backup = os.path.join(os.path.dirname(target),
+                                      f".{os.path.basename(target)}{TEMP_MARKER}{secrets.token_hex(4)}bak.tmp")
+                os.link(target, backup)
+            backups.append((target, backup))
+            commit_staged(tmp, target, sync_dir=False)
+            done += 1
+    except OSError as exc:
+        undone = _undo(backups[:done])
+        discard_staged([tmp for tmp, _ in pairs[done:]] + [b for _, b in backups[done:] if b])
+        if undone is not None:
+            raise PartialCommitError(
+                f"{exc.filename or ''}: {exc.strerror}; renaming new files into place stopped and could not be "
+                f"undone ({undone}): {done} files are new, {len(pairs) - done} as they were; every file is whole. "
+                "Fix the cause and run again", [t for _, t in pairs[:done]], [t for _, t in pairs[done:]]) from None
+        raise _named(exc, pairs[done][1] if done < len(pairs) else "") from None
+    for d in {os.path.dirname(t) for _, t in pairs}:
+        fsync_dir(d)
+    discard_staged([b for _, b in backups if b])
+
+
+def _undo(renamed: list[tuple[str, str | None]]) -> str | None:
+    """Put the backups back over the targets renamed so far; None when all went back, else why not."""
+    for target, backup in reversed(renamed):
+        try:
+            if backup is None:
+                os.unlink(target)
+            else:
+                os.replace(backup, target)
+        except OSError as exc:
+            return f"{target}: {exc.strerror}"
+    return None
+
+
 def discard_staged(tmps: list[str]) -> None:
     """Remove staged temps that will not be committed."""
     for tmp in tmps:

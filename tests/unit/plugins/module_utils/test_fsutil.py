@@ -169,3 +169,32 @@ def test_runtime_base_prefers_a_private_xdg_runtime_dir(tmp_path):
     loose.mkdir(mode=0o755)
     os.chmod(loose, 0o755)
     assert not fsutil.runtime_base({"XDG_RUNTIME_DIR": str(loose)}).startswith(str(loose))
+
+
+@pytest.mark.parametrize("action", ["erofs", "eacces", "enospc"])
+@pytest.mark.parametrize("nth", [1, 2, 3])
+def test_commit_all_is_all_or_nothing(tmp_path, monkeypatch, action, nth):
+    from ansible_collections.nixfleet.sops.plugins.module_utils import failpoints
+
+    files = [tmp_path / f"f{i}.yaml" for i in range(3)]
+    for i, f in enumerate(files[:2]):
+        f.write_text(f"old {i}\n")
+    pairs = [(fsutil.stage_write(str(f), f"new {i}\n", sync=False), str(f)) for i, f in enumerate(files)]
+    monkeypatch.setenv(failpoints.ENV, f"rename#{nth}:{action}")
+    failpoints.reset()
+    try:
+        with pytest.raises(OSError) as err:
+            fsutil.commit_all(pairs)
+    finally:
+        failpoints.reset()
+    assert err.value.filename == str(files[nth - 1])
+    assert [f.read_text() if f.exists() else None for f in files] == ["old 0\n", "old 1\n", None]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f0.yaml", "f1.yaml"]
+
+
+def test_commit_all_renames_everything(tmp_path):
+    files = [tmp_path / f"f{i}.yaml" for i in range(3)]
+    files[0].write_text("old\n")
+    fsutil.commit_all([(fsutil.stage_write(str(f), "new\n", sync=False), str(f)) for f in files])
+    assert [f.read_text() for f in files] == ["new\n"] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f0.yaml", "f1.yaml", "f2.yaml"]
