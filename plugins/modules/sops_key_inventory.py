@@ -37,6 +37,12 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  lock_timeout:
+    description:
+      - Seconds to wait for the repository lock when another run holds it (parallel runs queue up; the lock
+        covers the whole read-modify-write, so none loses another's entry).
+    type: int
+    default: 60
 attributes:
   check_mode:
     support: full
@@ -66,7 +72,10 @@ path:
   type: str
 """
 
+from contextlib import nullcontext
+
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_lock
 from ansible_collections.nixfleet.sops.plugins.module_utils.keyinventory import inventory_file, record, remove
 from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import run_guarded
 
@@ -80,6 +89,7 @@ def main() -> None:
             recipient=dict(type="str"),
             host=dict(type="str"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
+            lock_timeout=dict(type="int", default=60),
         ),
         required_if=[("state", "present", ("kind", "recipient"))],
         supports_check_mode=True,
@@ -87,9 +97,12 @@ def main() -> None:
     p = module.params
 
     def work():
-        if p["state"] == "absent":
-            return remove(p["repo"], p["anchor"], module.check_mode)
-        return record(p["repo"], p["anchor"], p["kind"], p["recipient"], p["host"], check_mode=module.check_mode)
+        # The lock covers the whole read-modify-write: parallel runs queue, none loses another's entry.
+        lock = repo_lock(p["repo"], purpose="sops_key_inventory", wait=p["lock_timeout"])
+        with lock if not module.check_mode else nullcontext():
+            if p["state"] == "absent":
+                return remove(p["repo"], p["anchor"], module.check_mode)
+            return record(p["repo"], p["anchor"], p["kind"], p["recipient"], p["host"], check_mode=module.check_mode)
 
     changed = run_guarded(module, work, prefix=inventory_file(p["repo"]))
     module.exit_json(changed=changed, path=inventory_file(p["repo"]))

@@ -65,3 +65,53 @@ def test_malformed_inventory_names_file(tmp_path):
     (tmp_path / ".nixfleet" / "keys.yaml").write_text("keys: [\n")
     with pytest.raises(ki.InventoryError, match="keys.yaml: not valid YAML"):
         ki.load(str(tmp_path))
+
+
+def test_alias_bomb_is_refused_fast(tmp_path):
+    import time
+
+    (tmp_path / ".nixfleet").mkdir()
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        prev = chr(ord("a") + i - 1)
+        lines.append(f"{chr(ord('a') + i)}: &{chr(ord('a') + i)} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, "
+                     f"*{prev}, *{prev}, *{prev}, *{prev}]")
+    lines.append("keys: *i")
+    (tmp_path / ".nixfleet" / "keys.yaml").write_text("\n".join(lines) + "\n")
+    start = time.monotonic()
+    with pytest.raises(ki.InventoryError, match="keys.yaml: YAML aliases are not allowed"):
+        ki.load(str(tmp_path))
+    assert time.monotonic() - start < 1
+
+
+def test_rotation_and_drill_dates(tmp_path):
+    r1 = age.recipient_from_identity(age.generate_identity())
+    r2 = age.recipient_from_identity(age.generate_identity())
+    inv = ki.Inventory.load(str(tmp_path))
+    assert inv.record("glass", "break-glass", r1, created="2026-01-01")
+    assert inv.mark_drilled("glass", "2026-02-01") and not inv.mark_drilled("glass", "2026-02-01")
+    assert inv.save()
+    inv = ki.Inventory.load(str(tmp_path))
+    assert inv.find("glass").drilled == "2026-02-01" and not inv.changed
+    assert inv.record("glass", "break-glass", r2, created="2026-03-01", rotated=True)
+    e = inv.find("glass")
+    assert (e.recipient, e.created, e.rotated, e.drilled) == (r2, "2026-03-01", "2026-03-01", None)
+
+
+def test_six_parallel_module_runs_lose_no_entry(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.lib.runner import run_module
+
+    (tmp_path / ".sops.yaml").write_text("creation_rules: []\n")
+    recipients = {f"h{i}": age.recipient_from_identity(age.generate_identity()) for i in range(6)}
+
+    def one(item):
+        anchor, r = item
+        return run_module("sops_key_inventory", {"repo": str(tmp_path), "anchor": anchor, "kind": "host",
+                                                  "recipient": r, "host": anchor})
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, recipients.items()))
+    assert all(r.changed and not r.failed for r in results), [r.msg for r in results]
+    assert {e.anchor: e.recipient for e in ki.load(str(tmp_path))} == recipients
