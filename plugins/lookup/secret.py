@@ -30,7 +30,8 @@ options:
     type: raw
   identity_files:
     description:
-      - Files with identities that can open the file (age key files, or ed25519 OpenSSH private keys).
+      - Files with identities that can open the file (age key files, passphrase-protected age identity files,
+        or OpenSSH ed25519/RSA private keys).
       - When neither this nor O(age_keys) is given, identities are searched as sops does
         (C(SOPS_AGE_KEY), C(SOPS_AGE_KEY_FILE), C(SOPS_AGE_KEY_CMD), C(SOPS_AGE_SSH_PRIVATE_KEY_FILE),
         C(~/.config/sops/age/keys.txt)), in the controller's environment.
@@ -38,10 +39,22 @@ options:
     elements: path
     default: []
   age_keys:
-    description: Literal C(AGE-SECRET-KEY-1…) identities.
+    description: Literal C(AGE-SECRET-KEY-1…) (or C(AGE-SECRET-KEY-PQ-1…), C(AGE-PLUGIN-…)) identities.
     type: list
     elements: str
     default: []
+  identity_passphrase:
+    description: Passphrase of passphrase-protected identity files (C(age -p)) and encrypted OpenSSH keys.
+    type: str
+  identity_passphrase_command:
+    description: Command that prints that passphrase (run once per lookup, without a shell).
+    type: str
+  age_plugin_secret:
+    description: Answer to an age plugin's request for a secret (a YubiKey PIN).
+    type: str
+  age_plugin_secret_command:
+    description: Command that prints that secret (run once per lookup, without a shell).
+    type: str
 notes:
   - "The value is returned to the template; mark tasks that print or pass it on with C(no_log: true)."
 seealso:
@@ -83,6 +96,7 @@ from typing import Any
 
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
+from ansible.utils.display import Display
 from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import one_line
 
 
@@ -104,7 +118,14 @@ class LookupModule(LookupBase):
             path = self._resolve(term, variables or {})
             try:
                 keypath = secrets.parse_key_path(key, path) if key not in (None, "", []) else None
-                ids = fleet.collect_identities(id_files, age_keys)
+                ids = fleet.collect_identities(
+                    id_files, age_keys,
+                    passphrase=self.get_option("identity_passphrase"),
+                    passphrase_command=self.get_option("identity_passphrase_command"),
+                    plugin_secret=self.get_option("age_plugin_secret"),
+                    plugin_secret_command=self.get_option("age_plugin_secret_command"),
+                    warn=Display().warning,
+                )
                 out.append(secrets.read_secret(path, keypath, ids))
             except NixfleetError as exc:
                 raise AnsibleLookupError(one_line(exc)) from None

@@ -1,9 +1,15 @@
 # Copyright: nixfleet.sops contributors
 # MIT License
-"""age keys: identities, recipients, bech32 and the ssh-to-age conversion.
+"""age keys: identities, recipients, bech32, the registry of key types and the ssh-to-age conversion.
 
 Vocabulary used across the collection: a *recipient* is an ``age1…`` public
-key, an *identity* is an ``AGE-SECRET-KEY-1…`` private key.
+key, an *identity* is an ``AGE-SECRET-KEY-1…`` private key. Every kind sops
+3.11 accepts is known here (KEY_TYPES): X25519, post-quantum hybrid
+(``age1pq1…`` / ``AGE-SECRET-KEY-PQ-1…``), SSH ed25519 and RSA, age plugins
+(``age1<name>1…`` / ``AGE-PLUGIN-<NAME>-1…``).
+
+Standard library only: the target-side verifier imports this module. What
+needs ``cryptography`` imports it inside the function.
 
 Errors never contain key material: they say what kind of input was wrong and
 where (file, line), not what it contained.
@@ -16,6 +22,7 @@ import binascii
 import hashlib
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import NixfleetError
@@ -124,59 +131,245 @@ def bech32_decode(text: str) -> tuple[str, bytes]:
     return hrp, bytes(_convertbits(values[:-6], 5, 8, False))
 
 
-# --------------------------------------------------------------------------- recipients / identities
-def validate_recipient(recipient: str) -> str:
-    """Return ``recipient`` stripped if it is a valid X25519 ``age1…`` recipient.
+# --------------------------------------------------------------------------- key types
+X25519 = "x25519"
+PQ = "pq"
+SSH_ED25519 = "ssh-ed25519"
+SSH_RSA = "ssh-rsa"
+PLUGIN = "plugin"
+PQ_RECIPIENT_HRP = "age1pq"
+PQ_IDENTITY_HRP = "age-secret-key-pq-"
+PQ_PUBLIC_SIZE = 1216  # ML-KEM-768 encapsulation key (1184) + X25519 public key (32)
+_PLUGIN_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
 
-    Raises AgeKeyError saying what is wrong (prefix, checksum, length). A raw
-    ``ssh-ed25519`` key gets a hint to convert it, since that is the most
-    common mistake in ``.sops.yaml``.
+
+@dataclass(frozen=True)
+class KeyType:
+    """One kind of age key, as sops 3.11 (age 1.3) knows it.
+
+    ``host_usable`` says whether sops-nix can decrypt with it on a host from
+    ``sops.age.keyFile`` / ``sops.age.sshKeyPaths`` alone (no plugin binary,
+    no conversion step).
     """
+
+    kind: str
+    description: str
+    recipient_example: str
+    identity_example: str
+    host_usable: bool
+
+
+KEY_TYPES: dict[str, KeyType] = {
+    X25519: KeyType(X25519, "age X25519", "age1…", "AGE-SECRET-KEY-1…", True),
+    PQ: KeyType(PQ, "age post-quantum hybrid (ML-KEM-768 + X25519, age 1.3)", "age1pq1…", "AGE-SECRET-KEY-PQ-1…",
+                True),
+    SSH_ED25519: KeyType(SSH_ED25519, "SSH ed25519 (as sops uses it; sops-nix needs its age1… form)",
+                         "ssh-ed25519 AAAA…", "an OpenSSH ed25519 private key", False),
+    SSH_RSA: KeyType(SSH_RSA, "SSH RSA (sops only; sops-nix cannot convert it)", "ssh-rsa AAAA…",
+                     "an OpenSSH or PEM RSA private key", False),
+    PLUGIN: KeyType(PLUGIN, "age plugin (needs the age-plugin-<name> binary)", "age1<name>1…",
+                    "AGE-PLUGIN-<NAME>-1…", False),
+}
+
+
+def key_type(kind: str) -> KeyType:
+    """The registry entry of a kind as returned by recipient_kind/identity_kind (``plugin:<name>`` included)."""
+    return KEY_TYPES[PLUGIN if kind.startswith(PLUGIN + ":") else kind]
+
+
+def _bech32(text: str, what: str) -> tuple[str, bytes]:
+    try:
+        return bech32_decode(text)
+    except AgeKeyError as exc:
+        raise AgeKeyError(f"invalid {what}: {exc}") from None
+
+
+def _plugin_name(name: str, what: str) -> str:
+    if not name or not _PLUGIN_NAME.match(name):
+        raise AgeKeyError(f"invalid {what}: the plugin name may only hold letters, digits and - _ . +")
+    return name
+
+
+def recipient_kind(recipient: str) -> str:
+    """The kind of a valid recipient: ``x25519``, ``pq``, ``ssh-ed25519``, ``ssh-rsa`` or ``plugin:<name>``.
+
+    Decided as sops 3.11 does (``age1pq1`` first, then ``age1…1…`` is a
+    plugin, then X25519, then ``ssh-``). Raises AgeKeyError with the same clear
+    messages as validate_recipient.
+    """
+    return _recipient(recipient)[1]
+
+
+def validate_recipient(recipient: str) -> str:
+    """Return ``recipient`` stripped if sops can encrypt to it; raise AgeKeyError saying what is wrong.
+
+    Accepts X25519 ``age1…``, post-quantum ``age1pq1…``, plugin ``age1<name>1…``
+    and ``ssh-ed25519`` / ``ssh-rsa`` public keys. Other SSH key types get a hint
+    to convert the host's ed25519 key, the most common mistake in ``.sops.yaml``.
+    """
+    return _recipient(recipient)[0]
+
+
+def _recipient(recipient: str) -> tuple[str, str]:
     if not isinstance(recipient, str):
         raise AgeKeyError(f"an age recipient must be a string, got {type(recipient).__name__}")
     r = recipient.strip()
-    if r.startswith("ssh-"):
-        raise AgeKeyError(
-            "an SSH public key is not an age recipient sops-nix can use: convert it "
-            "(nixfleet.sops.ssh_to_age) to its age1… form"
-        )
+    if r.startswith(("ssh-", "ecdsa-", "sk-")):
+        return _ssh_recipient(r)
     if not r.lower().startswith("age1"):
         raise AgeKeyError(f"an age recipient starts with 'age1', this one starts with {r[:4]!r}")
     if r != r.lower():
         raise AgeKeyError("an age recipient must be lower case")
-    try:
-        hrp, data = bech32_decode(r)
-    except AgeKeyError as exc:
-        raise AgeKeyError(f"invalid age recipient {r}: {exc}") from None
+    hrp, data = _bech32(r, f"age recipient {r}")
+    if hrp == PQ_RECIPIENT_HRP:
+        if len(data) != PQ_PUBLIC_SIZE:
+            raise AgeKeyError(
+                f"invalid post-quantum age recipient: {len(data)} bytes of key, expected {PQ_PUBLIC_SIZE}")
+        return r, PQ
+    if hrp.startswith(RECIPIENT_HRP + "1") and len(hrp) > len(RECIPIENT_HRP) + 1:
+        # age1<name>1…: the bech32 separator is the last '1', so the plugin name is between.
+        return r, f"{PLUGIN}:{_plugin_name(hrp[len(RECIPIENT_HRP) + 1:], f'age plugin recipient {r}')}"
     if hrp != RECIPIENT_HRP:
         raise AgeKeyError(f"invalid age recipient {r}: wrong prefix {hrp!r}")
     if len(data) != 32:
         raise AgeKeyError(f"invalid age recipient {r}: {len(data)} bytes of key, expected 32")
-    return r
+    return r, X25519
 
 
-def _identity_bytes(identity: str) -> bytes:
-    ident = identity.strip()
-    if not ident.upper().startswith("AGE-SECRET-KEY-1"):
-        if ident.upper().startswith("AGE-PLUGIN-"):
-            raise AgeKeyError("age plugin identities are not supported")
-        raise AgeKeyError("an age identity starts with 'AGE-SECRET-KEY-1'")
+def _ssh_recipient(r: str) -> tuple[str, str]:
+    keytype = r.split()[0]
+    convert = "sops-nix needs its converted age1… form: convert it (nixfleet.sops.ssh_to_age)"
+    if keytype not in (SSH_ED25519, SSH_RSA):
+        what = SSH_KEY_TYPES.get(keytype, keytype)
+        raise AgeKeyError(f"a {what} SSH public key is not a recipient sops or age can encrypt to; {_ED25519_ONLY}")
     try:
-        hrp, data = bech32_decode(ident)
+        parsed_type, blob, _ = parse_ssh_public_key(r)
+        if parsed_type != keytype:
+            raise AgeKeyError(f"the line starts with {keytype} but holds a {parsed_type} key")
+        _ssh_key_fields(keytype, blob)
     except AgeKeyError as exc:
-        # The message from bech32 never quotes the input, so it is safe here.
-        raise AgeKeyError(f"invalid age identity: {exc}") from None
+        raise AgeKeyError(f"invalid SSH public key as a recipient: {exc}; {convert}") from None
+    return " ".join(r.split()[:3]), keytype
+
+
+def _ssh_key_fields(keytype: str, blob: bytes) -> None:
+    """Check the key blob holds exactly what its type needs (age refuses RSA under 2048 bits)."""
+    _, off = _read_string(blob, 0)
+    if keytype == SSH_ED25519:
+        key, off = _read_string(blob, off)
+        if len(key) != 32:
+            raise AgeKeyError("the ed25519 key is not 32 bytes")
+    else:
+        _, off = _read_string(blob, off)  # e
+        n, off = _read_string(blob, off)
+        if int.from_bytes(n, "big").bit_length() < 2048:
+            raise AgeKeyError("the RSA key is shorter than 2048 bits, which age refuses")
+    if off != len(blob):
+        raise AgeKeyError("extra data after the key")
+
+
+def identity_kind(identity: str) -> str:
+    """The kind of an identity text: ``x25519``, ``pq``, ``plugin:<name>`` for age key lines;
+    ``ssh-ed25519`` / ``ssh-rsa`` for SSH private keys (encrypted or not); ``scrypt`` for an
+    armored passphrase-protected age identity file. Raises AgeKeyError (never quoting the key).
+    """
+    text = identity.strip() if isinstance(identity, str) else ""
+    if text.startswith("-----BEGIN AGE ENCRYPTED FILE-----"):
+        return "scrypt"
+    if text.startswith("-----BEGIN"):
+        return _ssh_private_kind(text)
+    return _identity(text)[0]
+
+
+def _identity(identity: str) -> tuple[str, bytes]:
+    ident = identity.strip()
+    upper = ident.upper()
+    if upper.startswith("AGE-PLUGIN-"):
+        hrp, data = _bech32(ident, "age plugin identity")
+        if not hrp.endswith("-") or len(hrp) <= len("age-plugin--"):
+            raise AgeKeyError("invalid age plugin identity: expected AGE-PLUGIN-<NAME>-1…")
+        return f"{PLUGIN}:{_plugin_name(hrp[len('age-plugin-'):-1], 'age plugin identity')}", data
+    if upper.startswith("AGE-SECRET-KEY-PQ-1"):
+        hrp, data = _bech32(ident, "post-quantum age identity")
+        if hrp != PQ_IDENTITY_HRP or len(data) != 32:
+            raise AgeKeyError(f"invalid post-quantum age identity: {len(data)} bytes of key, expected 32")
+        return PQ, data
+    if not upper.startswith("AGE-SECRET-KEY-1"):
+        raise AgeKeyError("an age identity starts with 'AGE-SECRET-KEY-1', 'AGE-SECRET-KEY-PQ-1' or 'AGE-PLUGIN-'")
+    # The message from bech32 never quotes the input, so it is safe here.
+    hrp, data = _bech32(ident, "age identity")
     if hrp != IDENTITY_HRP:
         raise AgeKeyError("invalid age identity: wrong prefix")
     if len(data) != 32:
         raise AgeKeyError(f"invalid age identity: {len(data)} bytes of key, expected 32")
+    return X25519, data
+
+
+def _identity_bytes(identity: str) -> bytes:
+    """The 32-byte scalar of an X25519 identity (other kinds are refused)."""
+    kind, data = _identity(identity)
+    if kind != X25519:
+        raise AgeKeyError(
+            f"an X25519 identity (AGE-SECRET-KEY-1…) is needed here, not a {key_type(kind).description} one")
     return data
 
 
-def validate_identity(identity: str) -> str:
-    """Return the identity normalised (upper case, stripped) or raise AgeKeyError."""
-    _identity_bytes(identity)
+def _ssh_private_kind(pem: str) -> str:
+    """``ssh-ed25519`` or ``ssh-rsa`` from a private key's clear-text parts (works for encrypted keys)."""
+    if "-----BEGIN RSA PRIVATE KEY-----" in pem:
+        return SSH_RSA
+    if "-----BEGIN OPENSSH PRIVATE KEY-----" not in pem:
+        raise AgeKeyError("not an OpenSSH private key (only OpenSSH ed25519/RSA and PEM RSA keys are identities)")
+    try:
+        body = "".join(ln.strip() for ln in pem.splitlines() if ln.strip() and not ln.startswith("-----"))
+        blob = base64.b64decode(body)
+        if not blob.startswith(b"openssh-key-v1\x00"):
+            raise AgeKeyError("not an OpenSSH private key")
+        off = len(b"openssh-key-v1\x00")
+        for _ in range(3):  # cipher, kdf name, kdf options
+            _, off = _read_string(blob, off)
+        off += 4  # number of keys
+        public, _ = _read_string(blob, off)
+        keytype, _ = _read_string(public, 0)
+    except (binascii.Error, ValueError):
+        raise AgeKeyError("the OpenSSH private key does not parse (truncated or corrupt)") from None
+    name = keytype.decode("ascii", "replace")
+    if name not in (SSH_ED25519, SSH_RSA):
+        raise AgeKeyError(f"a {SSH_KEY_TYPES.get(name, name)} SSH key cannot be an age identity (ed25519 or RSA only)")
+    return name
+
+
+def validate_identity(identity: str, kinds: tuple[str, ...] | None = (X25519,)) -> str:
+    """Return the identity normalised (upper case, stripped) or raise AgeKeyError.
+
+    ``kinds`` are the accepted kinds (``plugin`` stands for every plugin);
+    None accepts every age key line (X25519, post-quantum, plugin).
+    """
+    kind, _ = _identity(identity)
+    if kinds is not None and kind not in kinds and not (kind.startswith(PLUGIN + ":") and PLUGIN in kinds):
+        if kinds == (X25519,):
+            _identity_bytes(identity)
+        raise AgeKeyError(f"a {key_type(kind).description} identity cannot be used here")
     return identity.strip().upper()
+
+
+def plugin_name(key: str) -> str | None:
+    """The plugin name of a plugin recipient or identity, else None (never raises)."""
+    try:
+        kind = recipient_kind(key) if key.strip().lower().startswith("age1") else identity_kind(key)
+    except AgeKeyError:
+        return None
+    return kind.split(":", 1)[1] if kind.startswith(PLUGIN + ":") else None
+
+
+def encode_plugin_recipient(name: str, data: bytes) -> str:
+    """``age1<name>1…``: a plugin recipient (what a plugin's key generator prints)."""
+    return bech32_encode(RECIPIENT_HRP + "1" + _plugin_name(name, "plugin name").lower(), data)
+
+
+def encode_plugin_identity(name: str, data: bytes) -> str:
+    """``AGE-PLUGIN-<NAME>-1…``: a plugin identity."""
+    return bech32_encode(f"age-plugin-{_plugin_name(name, 'plugin name').lower()}-", data).upper()
 
 
 def identity_from_scalar(scalar: bytes) -> str:
@@ -194,18 +387,32 @@ def recipient_from_public_bytes(public: bytes) -> str:
 
 
 def recipient_from_identity(identity: str) -> str:
-    """Derive the ``age1…`` recipient of an identity."""
+    """Derive the recipient of an X25519 (``age1…``) or post-quantum (``age1pq1…``) identity.
+
+    Needs ``cryptography`` (imported here, so the module stays importable on
+    targets). A plugin identity's recipient is known only to its plugin.
+    """
+    kind, data = _identity(identity)
+    if kind == PQ:
+        from .agekeys import pq_public_key
+
+        return bech32_encode(PQ_RECIPIENT_HRP, pq_public_key(data))
+    if kind != X25519:
+        raise AgeKeyError("the recipient of an age plugin identity is known only to its plugin")
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    scalar = _identity_bytes(identity)
-    public = X25519PrivateKey.from_private_bytes(scalar).public_key().public_bytes_raw()
+    public = X25519PrivateKey.from_private_bytes(data).public_key().public_bytes_raw()
     return recipient_from_public_bytes(public)
 
 
-def generate_identity() -> str:
-    """A new random X25519 identity, as age-keygen makes it."""
+def generate_identity(kind: str = X25519) -> str:
+    """A new random identity as age-keygen makes it: X25519, or post-quantum with ``kind="pq"`` (age-keygen -pq)."""
     import os
 
+    if kind == PQ:
+        return bech32_encode(PQ_IDENTITY_HRP, os.urandom(32)).upper()
+    if kind != X25519:
+        raise AgeKeyError(f"cannot generate a {kind} identity (x25519 or pq)")
     return identity_from_scalar(os.urandom(32))
 
 
@@ -222,16 +429,24 @@ def format_identity_file(identity: str, created: str | None = None, stamp: bool 
         when = created or datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
         lines.append(f"# created: {when.replace('+00:00', 'Z')}")
     lines.append(f"# public key: {recipient_from_identity(identity)}")
-    lines.append(validate_identity(identity))
+    lines.append(validate_identity(identity, kinds=None))
     return "\n".join(lines) + "\n"
 
 
-def parse_identities(text: str, source: str = "<input>") -> list[str]:
+def parse_identities(
+    text: str,
+    source: str = "<input>",
+    kinds: tuple[str, ...] | None = (X25519,),
+    warn: Callable[[str], None] | None = None,
+) -> list[str]:
     """Parse a key file in age-keygen format: comments, blank lines, several keys, CRLF.
 
-    Returns the identities in order. An empty file, or a line that is neither
-    a comment nor an identity, raises AgeKeyError naming ``source`` and the line
-    number (never the line's content).
+    Returns the identities in order. ``kinds`` are the kinds the caller can use
+    (see validate_identity; None: every age key line). A line that is not one
+    of them raises AgeKeyError naming ``source`` and the line number (never
+    the line's content) - or, when ``warn`` is given, is skipped and ``warn``
+    gets that message, so one odd line does not cost the other keys. A file
+    with no usable identity raises in both cases.
     """
     identities: list[str] = []
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -239,11 +454,14 @@ def parse_identities(text: str, source: str = "<input>") -> list[str]:
         if not line or line.startswith("#"):
             continue
         try:
-            identities.append(validate_identity(line))
+            identities.append(validate_identity(line, kinds))
         except AgeKeyError as exc:
-            raise AgeKeyError(f"{source}, line {number}: {exc}") from None
+            if warn is None:
+                raise AgeKeyError(f"{source}, line {number}: {exc}") from None
+            warn(f"{source}, line {number}: skipped, {exc}")
     if not identities:
-        raise AgeKeyError(f"{source}: no age identity found (the file is empty or has only comments)")
+        raise AgeKeyError(f"{source}: no age identity found (the file is empty or has only comments)"
+                          if warn is None else f"{source}: no usable age identity found")
     return identities
 
 

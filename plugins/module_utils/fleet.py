@@ -25,9 +25,7 @@ from typing import Any
 from . import sops as engine
 from .age import (
     AgeKeyError,
-    parse_identities,
     redact,
-    ssh_private_key_to_identity,
     validate_identity,
     validate_recipient,
 )
@@ -489,14 +487,46 @@ def rotate(
 
 
 # --------------------------------------------------------------------------- module helpers
-def collect_identities(identity_files: Sequence[str] = (), age_keys: Sequence[str] = ()) -> list[str] | None:
-    """Identities from key files (age key files or ed25519 SSH private keys) and literal keys.
+def collect_identities(
+    identity_files: Sequence[str] = (),
+    age_keys: Sequence[str] = (),
+    passphrase: str | None = None,
+    passphrase_command: str | None = None,
+    plugin_secret: str | None = None,
+    plugin_secret_command: str | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> list[str] | None:
+    """Identities from key files and literal keys, every passphrase-protected one opened now.
 
-    Returns None when neither is given, meaning: search like sops does
-    (SOPS_AGE_KEY_FILE, ~/.config/sops/age/keys.txt, …).
+    ``identity_files``: age key files (X25519, post-quantum, plugin lines; a
+    line that is none of them is skipped and ``warn`` named with file and
+    line), passphrase-protected age identity files (``age -p``) and OpenSSH
+    ed25519/RSA private keys (encrypted ones too). ``passphrase`` or
+    ``passphrase_command`` (run once) opens the protected ones.
+    ``plugin_secret``/``plugin_secret_command`` answer an age plugin's
+    request for a PIN, once per run (see sops.keys.set_plugin_ui).
+
+    Returns None when no identity, file or passphrase is given, meaning:
+    search like sops does (SOPS_AGE_KEY_FILE, ~/.config/sops/age/keys.txt, …);
+    with only a passphrase, that search is done here, so protected files it
+    finds are opened once for the whole run.
     """
+    from .ageplugin import PluginUI, SecretSource
+    from .identities import identity_texts, unlock_all
+    from .sops.keys import set_plugin_ui
+
+    secret = SecretSource(plugin_secret, plugin_secret_command, "age plugin secret")
+    set_plugin_ui(PluginUI(secret if secret else None))
+    source = SecretSource(passphrase, passphrase_command, "identity passphrase")
+    skip = warn or (lambda _msg: None)
     if not identity_files and not age_keys:
-        return None
+        if not source:
+            return None
+        found, _ = engine.find_identities(warn=skip)
+        try:
+            return unlock_all(found, source, "a passphrase-protected identity found like sops", skip)
+        except AgeKeyError as exc:
+            raise FleetError(str(exc)) from None
     out: list[str] = []
     for path in identity_files:
         try:
@@ -504,20 +534,16 @@ def collect_identities(identity_files: Sequence[str] = (), age_keys: Sequence[st
                 data = fh.read()
         except OSError as exc:
             raise FleetError(f"{path}: cannot read identity file: {exc.strerror}") from None
-        if b"PRIVATE KEY-----" in data:
-            try:
-                # Converted (opens the age1… recipient sops-nix derives) and as-is (opens ssh-ed25519
-                # stanzas, as sops uses an SSH key), so a file still encrypted to a raw SSH
-                # recipient can be opened and rekeyed to its age1… form.
-                out.append(ssh_private_key_to_identity(data))
-                out.append(data.decode("utf-8").strip() + "\n")
-            except AgeKeyError as exc:
-                raise FleetError(f"{path}: {exc}") from None
-        else:
-            out.extend(parse_identities(data.decode("utf-8", "replace"), source=path))
+        try:
+            found = identity_texts(data, path, skip)
+            if not found:
+                raise AgeKeyError(f"{path}: no age identity found (the file is empty or has only comments)")
+            out.extend(unlock_all(found, source, path, skip))
+        except AgeKeyError as exc:
+            raise FleetError(str(exc) if path in str(exc) else f"{path}: {exc}") from None
     for i, key in enumerate(age_keys):
         try:
-            out.append(validate_identity(key))
+            out.append(validate_identity(key, kinds=None))
         except ValueError as exc:
             raise FleetError(f"age_keys[{i}]: {exc}") from None
     return out

@@ -91,4 +91,25 @@ def exit_fleet_op(module: Any, res: Any, what: str, repo: str, continue_on_error
 IDENTITY_ARGS: dict[str, dict[str, Any]] = {
     "identity_files": {"type": "list", "elements": "path", "default": []},
     "age_keys": {"type": "list", "elements": "str", "default": [], "no_log": True},
+    "identity_passphrase": {"type": "str", "no_log": True},
+    # A command line is not a secret; saying so stops Ansible warning about a "pass…" option name.
+    "identity_passphrase_command": {"type": "str", "no_log": False},
+    "age_plugin_secret": {"type": "str", "no_log": True},
+    "age_plugin_secret_command": {"type": "str"},
 }
+
+
+def identity_options(params: dict[str, Any], warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The IDENTITY_ARGS of a module's params as keyword arguments of ``fleet.collect_identities``.
+
+    ``warn`` (``module.warn``) receives the key-file lines that were skipped.
+    """
+    return {
+        "identity_files": params.get("identity_files") or [],
+        "age_keys": params.get("age_keys") or [],
+        "passphrase": params.get("identity_passphrase"),
+        "passphrase_command": params.get("identity_passphrase_command"),
+        "plugin_secret": params.get("age_plugin_secret"),
+        "plugin_secret_command": params.get("age_plugin_secret_command"),
+        "warn": warn,
+    }

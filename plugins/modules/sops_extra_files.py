@@ -115,7 +115,11 @@ from dataclasses import asdict
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.nixfleet.sops.plugins.module_utils import bootstrap, fleet
 from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import new_staging_dir
-from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import IDENTITY_ARGS, run_guarded
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import (
+    IDENTITY_ARGS,
+    identity_options,
+    run_guarded,
+)
 
 
 def main() -> None:
@@ -136,7 +140,7 @@ def main() -> None:
     p = module.params
 
     def work():
-        ids = fleet.collect_identities(p["identity_files"], p["age_keys"])
+        ids = fleet.collect_identities(**identity_options(p, module.warn))
         persist = p["persist_prefix"] or ""
         if persist == "auto":
             if not p["nix_config"]:

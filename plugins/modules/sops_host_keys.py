@@ -144,7 +144,11 @@ from contextlib import nullcontext
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.nixfleet.sops.plugins.module_utils import bootstrap, fleet, vcs
 from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_lock
-from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import IDENTITY_ARGS, run_guarded
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import (
+    IDENTITY_ARGS,
+    identity_options,
+    run_guarded,
+)
 
 
 def main() -> None:
@@ -173,7 +177,7 @@ def main() -> None:
             host_group=p["host_group"], user_group=p["user_group"], shared_rule=p["shared_rule"] or None,
             regenerate=p["regenerate"],
         )
-        ids = fleet.collect_identities(p["identity_files"], p["age_keys"])
+        ids = fleet.collect_identities(**identity_options(p, module.warn))
         with repo_lock(p["repo"], purpose=f"sops_host_keys {spec.host}") if not module.check_mode else nullcontext():
             res = bootstrap.ensure_host_keys(p["repo"], spec, ids, module.check_mode)
             done = None

@@ -98,6 +98,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_l
 from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import (
     IDENTITY_ARGS,
     exit_fleet_op,
+    identity_options,
     run_guarded,
 )
 
@@ -116,7 +117,7 @@ def main() -> None:
     p = module.params
 
     def work():
-        ids = fleet.collect_identities(p["identity_files"], p["age_keys"])
+        ids = fleet.collect_identities(**identity_options(p, module.warn))
         lock = repo_lock(p["repo"], purpose="sops_rekey", require=".sops.yaml")
         with lock if not module.check_mode else nullcontext():
             return fleet.rekey(p["repo"], ids, p["include"], module.check_mode, p["continue_on_error"], p["workers"])

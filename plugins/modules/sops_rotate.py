@@ -89,6 +89,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_l
 from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import (
     IDENTITY_ARGS,
     exit_fleet_op,
+    identity_options,
     run_guarded,
 )
 
@@ -110,7 +111,7 @@ def main() -> None:
     p = module.params
 
     def work():
-        ids = fleet.collect_identities(p["identity_files"], p["age_keys"])
+        ids = fleet.collect_identities(**identity_options(p, module.warn))
         lock = repo_lock(p["repo"], purpose="sops_rotate", require=".sops.yaml")
         with lock if not module.check_mode else nullcontext():
             return fleet.rotate(p["repo"], ids, p["path_regex"], p["recipient"], p["anchor"], module.check_mode,

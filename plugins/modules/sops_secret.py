@@ -126,7 +126,11 @@ from contextlib import nullcontext
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.nixfleet.sops.plugins.module_utils import fleet, secrets
 from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_lock
-from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import IDENTITY_ARGS, run_guarded
+from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import (
+    IDENTITY_ARGS,
+    identity_options,
+    run_guarded,
+)
 
 
 def main() -> None:
@@ -153,7 +157,7 @@ def main() -> None:
         if p["state"] == "present" and p["value_file"]:
             value = secrets.read_value_file(p["value_file"])
             module.no_log_values.update(v for v in (value, value.strip()) if v)
-        ids = fleet.collect_identities(p["identity_files"], p["age_keys"])
+        ids = fleet.collect_identities(**identity_options(p, module.warn))
         # Writes wait for no one but refuse to run beside a rekey of the same repository.
         config = p["config"] or secrets.find_config(os.path.dirname(os.path.abspath(p["path"])))
         repo = os.path.dirname(os.path.abspath(config or p["path"]))

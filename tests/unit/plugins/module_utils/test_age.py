@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import nacl.bindings as sodium
 import pyrage
@@ -254,3 +255,90 @@ def test_read_identity_file_errors_name_the_path(tmp_path):
     binary.write_bytes(os.urandom(64) + b"\xff\xfe")
     with pytest.raises(age.AgeKeyError, match=str(binary)):
         age.read_identity_file(str(binary))
+
+
+# ---------------------------------------------------------------- the registry of key types
+def _ssh_pub(key) -> str:
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def test_every_recipient_kind_sops_accepts():
+    x = age.recipient_from_identity(age.generate_identity())
+    pq = age.recipient_from_identity(age.generate_identity("pq"))
+    plugin = age.encode_plugin_recipient("yubikey", os.urandom(33))
+    ed = _ssh_pub(ed25519.Ed25519PrivateKey.generate())
+    rs = _ssh_pub(rsa.generate_private_key(65537, 2048))
+    for recipient, kind in ((x, "x25519"), (pq, "pq"), (plugin, "plugin:yubikey"), (ed, "ssh-ed25519"),
+                            (rs, "ssh-rsa")):
+        assert age.validate_recipient(recipient) == recipient
+        assert age.recipient_kind(recipient) == kind
+    assert [age.key_type(k).host_usable for k in ("x25519", "pq", "ssh-ed25519", "ssh-rsa", "plugin:yubikey")] == [
+        True, True, False, False, False]
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (lambda: age.bech32_encode("age1pq", os.urandom(100)), "100 bytes of key, expected 1216"),
+        (lambda: age.bech32_encode("age1yu/bi", os.urandom(32)), "plugin name"),
+        (lambda: "ssh-rsa " + _ssh_pub(rsa.generate_private_key(65537, 1024)).split()[1], "2048 bits"),
+        (lambda: "ecdsa-sha2-nistp256 " + _ssh_pub(ec.generate_private_key(ec.SECP256R1())).split()[1], "ECDSA"),
+        (lambda: "ssh-rsa " + _ssh_pub(ed25519.Ed25519PrivateKey.generate()).split()[1], "key data says .ssh-ed25519."),
+    ],
+)
+def test_bad_recipients_of_the_new_kinds(bad, why):
+    with pytest.raises(age.AgeKeyError, match=why):
+        age.validate_recipient(bad())
+
+
+def test_identity_kinds_and_their_recipients():
+    pq = age.generate_identity("pq")
+    assert age.identity_kind(pq) == "pq" and pq.startswith("AGE-SECRET-KEY-PQ-1")
+    assert age.recipient_kind(age.recipient_from_identity(pq)) == "pq"
+    plugin = age.encode_plugin_identity("yubikey", os.urandom(20))
+    assert age.identity_kind(plugin) == "plugin:yubikey" and plugin.startswith("AGE-PLUGIN-YUBIKEY-1")
+    with pytest.raises(age.AgeKeyError, match="known only to its plugin"):
+        age.recipient_from_identity(plugin)
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.BestAvailableEncryption(b"p"))
+    assert age.identity_kind(pem.decode()) == "ssh-ed25519"  # read from the clear part of an encrypted key
+    assert age.validate_identity(pq, kinds=None) == pq
+    with pytest.raises(age.AgeKeyError, match="cannot be used here"):
+        age.validate_identity(plugin, kinds=("x25519", "pq"))
+
+
+def test_parse_identities_keeps_its_strict_default_and_can_skip_with_a_warning():
+    a, pq = age.generate_identity(), age.generate_identity("pq")
+    text = f"{a}\n{pq}\nhunter2\n"
+    # Default: X25519 only, and any other line is an error (what the target-side verifier relies on).
+    with pytest.raises(age.AgeKeyError, match="keys.txt, line 2"):
+        age.parse_identities(text, "keys.txt")
+    warned: list[str] = []
+    assert age.parse_identities(text, "keys.txt", kinds=None, warn=warned.append) == [a, pq]
+    assert warned == [warned[0]] and "keys.txt, line 3: skipped" in warned[0] and "hunter2" not in warned[0]
+    warned.clear()
+    assert age.parse_identities(text, "keys.txt", warn=warned.append) == [a]
+    assert [w.split(":")[0] for w in warned] == ["keys.txt, line 2", "keys.txt, line 3"]
+    with pytest.raises(age.AgeKeyError, match="no usable age identity"):
+        age.parse_identities("hunter2\n", "keys.txt", warn=warned.append)
+
+
+def test_age_module_stays_importable_with_the_standard_library_only(repo_root):
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('cryptography', 'pyrage', 'nacl'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from ansible_collections.nixfleet.sops.plugins.module_utils import age\n"
+        "i = age.generate_identity()\n"
+        "assert age.parse_identities(i + '\\n') == [i]\n"
+        "assert age.recipient_kind(age.recipient_from_public_bytes(bytes(32))) == 'x25519'\n"
+        "assert age.identity_kind(age.generate_identity('pq')) == 'pq'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.path.join(repo_root, ".collections")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
