@@ -1,0 +1,42 @@
+# Copyright: nixfleet.sops contributors
+# MIT License
+"""``.sops.yaml`` as code: anchors, creation rules and sops' rule matching.
+
+Vocabulary: a *recipient* is an ``age1…`` public key, an *identity* an
+``AGE-SECRET-KEY-1…`` private key, an *anchor* the YAML anchor name that
+``.sops.yaml`` gives a recipient (``- &griefling age1…``).
+
+Why surgical text edits: people keep comments, blank lines, their own quoting
+and two indentation styles in one file. Any YAML dumper normalises at least
+one of those, so ruamel.yaml is used only to PARSE (events, with line and
+column marks) and every edit inserts, deletes or replaces exact lines or spans
+of the original text. After each edit the new text is parsed again and its
+meaning compared with what the edit intended; a mismatch is an error and
+nothing is written.
+
+Rule matching follows sops 3.11 (config/config.go): the first rule whose
+``path_regex`` (Go RE2, unanchored search) matches wins, a rule without
+``path_regex`` matches everything, and the path is made relative to the
+config file's directory by trimming that directory's absolute path.
+"""
+
+from __future__ import annotations
+
+from .common import NoMatchingRuleError, SopsConfigError, check_anchor_name, relative_to_config
+from .config import SopsConfig
+from .lint import is_sops_file
+from .model import Anchor, CreationRule
+from .regex import compile_path_regex, translate_re2
+
+__all__ = [
+    "SopsConfigError",
+    "NoMatchingRuleError",
+    "SopsConfig",
+    "Anchor",
+    "CreationRule",
+    "check_anchor_name",
+    "translate_re2",
+    "compile_path_regex",
+    "relative_to_config",
+    "is_sops_file",
+]
