@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from .common import NoMatchingRuleError, SopsConfigError, check_anchor_name, relative_to_config
 from .config import SopsConfig
-from .lint import is_sops_file
-from .model import Anchor, CreationRule
-from .regex import compile_path_regex, translate_re2
+from .lint import RepoFile, is_sops_file, lint
+from .model import Anchor, ConfigModel, CreationRule
+from .parse import MAX_ALIAS_EXPANSION, parse_text
+from .regex import PathMatcher, compile_path_regex, path_regex_matches
 
 __all__ = [
     "SopsConfigError",
@@ -35,8 +36,14 @@ __all__ = [
     "Anchor",
     "CreationRule",
     "check_anchor_name",
-    "translate_re2",
     "compile_path_regex",
+    "path_regex_matches",
+    "PathMatcher",
+    "ConfigModel",
+    "RepoFile",
+    "lint",
+    "parse_text",
+    "MAX_ALIAS_EXPANSION",
     "relative_to_config",
     "is_sops_file",
 ]
