@@ -148,6 +148,9 @@ class AnchorEdits(EditableText):
                             f"{rule.describe()} with no recipient; remove or change that rule first"
                         )
         with self.transaction(f"remove anchor {name!r}") as expect:
+            # Top-level entries that hold the alias (a mapping rules merge) lose it too: what that means
+            # for sops is checked through the rules that read them.
+            expect.unverified_top = {e.key for e in self.model._top_entries() if self._holds_alias(e.value, name)}
             for index, rule in enumerate(self.model.rules):
                 for gi in range(len(rule.members)):
                     kept = [(t, r) for t, r in expect.group(index, gi) if t != token]
@@ -199,6 +202,11 @@ class AnchorEdits(EditableText):
             )
             if victim is None:
                 raise SopsConfigError(f"{self._where(v)}: cannot find the member to remove from {what}")
+            if self._aliased(victim):
+                raise SopsConfigError(
+                    f"{self._where(victim)}: refusing to remove a member of {what}: this value is anchored "
+                    f"(&{victim.anchor}) and other rules use it; edit those rules by hand"
+                )
             inside = split_recipients(victim.value or "") if victim.kind == "scalar" else []
             if len(inside) > 1:
                 self._rewrite_csv(victim, [r for r in inside if r not in victims])
@@ -241,6 +249,9 @@ class AnchorEdits(EditableText):
         """True when the key group holds master keys besides age (or a sops merge), so it keeps a recipient."""
         data = node_data(f.owner, path=self.path) or {}
         return any(data.get(k) for k in (*OTHER_KEY_TYPES, "merge"))
+
+    def _holds_alias(self, node: Node, name: str) -> bool:
+        return any(a.value == name and node.start <= a.start < node.end for a in self.doc.aliases)
 
     def _parent_seq(self, target: Node) -> Node | None:
         stack = [self.root] if self.root is not None else []

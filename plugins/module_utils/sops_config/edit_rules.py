@@ -25,7 +25,7 @@ from typing import Any
 from .common import SopsConfigError, check_anchor_name
 from .edit_anchors import AnchorEdits
 from .model import AgeField, CreationRule, split_recipients
-from .parse import Node, scalar_data
+from .parse import scalar_data
 from .regex import compile_path_regex
 
 
@@ -70,9 +70,6 @@ class RuleEdits(AnchorEdits):
         return changed
 
     # ------------------------------------------------------------------ what another rule shares
-    def _aliased(self, node: Node | None) -> bool:
-        return node is not None and bool(node.anchor) and any(a.target is node for a in self.doc.aliases)
-
     def _shared_reason(self, f: AgeField, rule: CreationRule, gi: int) -> str | None:
         """Why editing the age value of ``f`` in place would change other rules too (None when it would not)."""
         where = f"key group {gi + 1} of {rule.describe()}" if rule.uses_key_groups else rule.describe()
@@ -180,7 +177,7 @@ class RuleEdits(AnchorEdits):
                 f"{self._where(rule.node)}: removing {name!r} would leave {where}{rule.describe()} "
                 "with no recipient; add another recipient or remove the rule first"
             )
-        what = f"remove {name!r} from {rule.describe()}"
+        what = f"remove {name if name != chr(0) else recipient!r} from {rule.describe()}"
         with self.transaction(what) as expect:
             self._refuse_shared(f, rule, gi, what)
             if f.merged_from is not None and remaining:

@@ -12,13 +12,17 @@ matching goes through ``PathMatcher`` (one RE2 set for all rules).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from bisect import bisect_left
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .common import OTHER_KEY_TYPES, RULE_FIELDS, NoMatchingRuleError, SopsConfigError, relative_to_config
-from .parse import Budget, Entry, Node, ParsedDoc, entries, lookup, node_data, scalar_data
+from .parse import Budget, Entry, Node, ParsedDoc, entries, lookup, node_data, paused_gc, scalar_data
 from .regex import PathMatcher, path_regex_matches
 
+# Readings of rules by (path, lenient, rule text, alias targets): see ConfigModel._memo_rule.
+_RULE_MEMO: dict[tuple, tuple[CreationRule, dict[str, Any]]] = {}
+_MEMO_LIMIT = 50_000
 # Rule-level master keys other than age, and the key-group field each is called in a key group.
 FOREIGN_KEYS = ("pgp", "kms", "gcp_kms", "azure_keyvault", "hc_vault_transit_uri")
 _GROUP_FOREIGN = {"pgp": "pgp", "kms": "kms", "gcp_kms": "gcp_kms", "azure_keyvault": "azure_keyvault",
@@ -305,10 +309,10 @@ class ConfigModel:
 
     def anchors(self) -> dict[str, Anchor]:
         """Every recipient anchor (anchored scalar) in document order, by name."""
-        return {
+        return dict(self._once("anchors", lambda: {
             name: Anchor(name, (node.value or "").strip(), group, node.line + 1)
             for name, (node, group) in self.anchor_nodes().items()
-        }
+        }))
 
     def groups(self) -> dict[str, list[str]]:
         """Group name -> anchor names in it (``hosts``, ``users``; empty for a flat ``keys:`` list)."""
@@ -397,7 +401,35 @@ class ConfigModel:
         rn = self.rules_node
         if rn is None or rn.kind != "seq":
             return []
-        return [self._rule(idx, item, lenient) for idx, item in enumerate(rn.items)]
+        with paused_gc():
+            return [self._memo_rule(idx, item, lenient) for idx, item in enumerate(rn.items)]
+
+    def _memo_key(self, item: Node, lenient: bool) -> tuple | None:
+        """What a rule's meaning depends on: its own text and the scalars its aliases name (None: not memoisable)."""
+        if item.kind != "map":
+            return None
+        starts = self._once("alias_starts", lambda: [a.start for a in self.doc.aliases])
+        env = []
+        for a in self.doc.aliases[bisect_left(starts, item.start) : bisect_left(starts, item.end)]:
+            t = a.target
+            if t is None or t.kind != "scalar":
+                return None  # merges and aliased lists: computed each time
+            env.append((a.value, t.value, t.style, t.tag))
+        return (self.path, lenient, self.doc.text[item.start : item.end], tuple(env))
+
+    def _memo_rule(self, idx: int, item: Node, lenient: bool) -> tuple[CreationRule, dict[str, Any]]:
+        """``_rule``, reusing the reading of an identical rule from an earlier text version (an edit
+        re-reads 2,000 unchanged rules otherwise)."""
+        key = self._memo_key(item, lenient)
+        hit = _RULE_MEMO.get(key) if key is not None else None
+        if hit is not None:
+            return replace(hit[0], index=idx, line=item.line + 1, node=item), hit[1]
+        rule, state = self._rule(idx, item, lenient)
+        if key is not None:
+            if len(_RULE_MEMO) >= _MEMO_LIMIT:
+                _RULE_MEMO.clear()
+            _RULE_MEMO[key] = (rule, state)
+        return rule, state
 
     @property
     def rules(self) -> list[CreationRule]:
@@ -445,7 +477,7 @@ class ConfigModel:
             rules.append(state)
         top = {e.key: node_data(e.value, Budget(self.path), self.path) for e in self._top_entries()}
         return {
-            "anchors": {a.name: (a.group, a.recipient) for a in self.anchors().values()},
+            "anchors": {a.name: (a.group, a.recipient) for a in self._once("anchors", self.anchors).values()},
             "rules": rules,
             "top": top,
         }
