@@ -7,8 +7,8 @@ anchor (`&rain_<host>`, group `users`), its own rule `sops/<host>\\.yaml$`
 (admin, user, host), and all of them read `sops/shared\\.yaml$`. Then it times
 
   load+match   SopsConfig.load + the rules + rule_for() of every host's file
-  add host     ensure_recipient x2, ensure_rule x2, ensure_rule_member on the
-               shared rule, save
+  add host     ensure_recipient x2, ensure_rule x2, ensure_rule_member x2 on
+               the shared rule, save
 
 and prints the figures (no assertion: the unit tests check behaviour, this
 measures it).
@@ -29,7 +29,13 @@ REPO_ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO_ROOT, ".collections"))
 
 import pyrage  # noqa: E402
+from ansible_collections.nixfleet.sops.plugins.module_utils import sops_config  # noqa: E402
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig  # noqa: E402
+
+try:
+    from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import model as sops_model  # noqa: E402
+except ImportError:  # before the package split
+    sops_model = sops_config
 
 
 def recipient() -> str:
@@ -84,17 +90,26 @@ def main() -> None:
         fh.write(text)
     paths = [os.path.join(out, "sops", f"{host_name(i)}.yaml") for i in range(args.hosts)]
 
+    def cold() -> None:
+        # Like a fresh process: no reading of an earlier text version to reuse.
+        memo = getattr(sops_model, "_RULE_MEMO", None)
+        if memo is not None:
+            memo.clear()
+
     def load_and_match() -> None:
+        cold()
         config = SopsConfig.load(cfg)
         for p in paths:
             config.rule_for(p)
 
     def load_only() -> None:
+        cold()
         SopsConfig.load(cfg).rules  # noqa: B018 - building the model is the point
 
     new_user, new_host = recipient(), recipient()
 
     def add_host() -> None:
+        cold()
         with open(cfg, "w", encoding="utf-8") as fh:
             fh.write(text)
         config = SopsConfig.load(cfg)
@@ -112,7 +127,7 @@ def main() -> None:
     t_match = best_of(args.runs, load_and_match)
     print(f"load + model + {len(paths)} matches: {t_match:8.3f} s")
     t_add = best_of(args.runs, add_host)
-    print(f"add one host (5 edits, save): {t_add:8.3f} s")
+    print(f"add one host (6 edits, save): {t_add:8.3f} s  (2 anchors, 2 rules, 2 members of the shared rule)")
     check = SopsConfig.load(cfg)
     assert check.rule_for(os.path.join(out, "sops", "newhost.yaml")).recipients == [
         check.anchors()["admin"].recipient,
