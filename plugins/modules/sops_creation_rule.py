@@ -60,6 +60,13 @@ options:
     description: Create O(path) when it does not exist (O(state=present) only).
     type: bool
     default: false
+  lock_timeout:
+    description:
+      - Seconds to wait for the repository lock when another run (a rekey, a bootstrap, another edit of
+        this file) holds it. The file is read, edited and written under the lock, so parallel runs queue
+        up and none loses another's change. Check mode takes no lock.
+    type: int
+    default: 60
 attributes:
   check_mode:
     support: full
@@ -145,6 +152,7 @@ def main() -> None:
             "shamir_threshold": {"type": "int"},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             "create": {"type": "bool", "default": False},
+            "lock_timeout": {"type": "int", "default": 60},
         },
         mutually_exclusive=[("anchors", "key_groups")],
         supports_check_mode=True,
@@ -166,12 +174,19 @@ def main() -> None:
         )
         changed = config.changed  # save() makes the saved text the new original
         if changed and not module.check_mode:
-            # Not while a rekey or bootstrap of the same repository is running.
-            with repo_lock(os.path.dirname(os.path.abspath(path)), purpose="editing .sops.yaml"):
-                config.save()
+            config.save()
         return config, before, changed
 
-    config, before, changed = run_guarded(module, work, prefix=path, path=path, path_regex=p["path_regex"])
+    def locked_work():
+        if module.check_mode:
+            return work()
+        # Read, edit and write under one lock: a parallel run, rekey or bootstrap waits instead of
+        # losing this change or having its own lost.
+        directory = os.path.dirname(os.path.abspath(path))
+        with repo_lock(directory, purpose="editing .sops.yaml", wait=max(p["lock_timeout"], 0)):
+            return work()
+
+    config, before, changed = run_guarded(module, locked_work, prefix=path, path=path, path_regex=p["path_regex"])
     rule = config.find_rule(p["path_regex"])
     result = {"changed": changed, "path": path}
     if rule is not None:

@@ -254,3 +254,49 @@ def test_key_groups_with_merge_and_shamir_like_sops(sops_bin, tmp_path):
     assert sorted(rule.recipients) == sorted(expected) == sorted(r)
     assert rule.key_groups == [[r[0], r[1]], [r[2], r[3]]]
     assert rule.shamir_threshold == 2
+
+
+def test_regexes_the_old_translation_refused_match_like_sops(sops_bin, tmp_path):
+    """Inline flags mid-pattern, Unicode classes, (?U): sops (Go RE2) accepts them and so do we now."""
+    keys = [new_recipient() for _ in range(5)]
+    (tmp_path / ".sops.yaml").write_text(
+        "creation_rules:\n"
+        f"  - path_regex: '^\\p{{Greek}}+/'\n    age: {keys[0]}\n"
+        f"  - path_regex: 'x(?i)y\\.yaml$'\n    age: {keys[1]}\n"
+        f"  - path_regex: '(?U)^a+b/'\n    age: {keys[2]}\n"
+        f"  - path_regex: '^\\PL\\d/'\n    age: {keys[3]}\n"
+        f"  - age: {keys[4]}\n"
+    )
+    for path in ["αβ/s.yaml", "ab/s.yaml", "xY.yaml", "XY.yaml", "aab/s.yaml", "_1/s.yaml", "a1/s.yaml"]:
+        expected = sops_recipients(sops_bin, path, str(tmp_path))
+        assert ours(str(tmp_path / ".sops.yaml"), path, str(tmp_path)) == expected, path
+
+
+def test_merge_keys_and_shared_anchors_read_like_sops(sops_bin, tmp_path):
+    r = [new_recipient() for _ in range(4)]
+    cfg = tmp_path / ".sops.yaml"
+    cfg.write_text(
+        "keys:\n" + "".join(f"  - &k{i} {x}\n" for i, x in enumerate(r)) + "common: &all\n  age: [*k0, *k1]\n"
+        "other: &other\n  age: [*k3]\n"
+        "creation_rules:\n"
+        "  - path_regex: merged\\.yaml$\n    <<: *all\n"
+        "  - path_regex: first\\.yaml$\n    <<: [*other, *all]\n"
+        "  - path_regex: own\\.yaml$\n    <<: *all\n    age: [*k2]\n"
+        f"  - path_regex: sh1\\.yaml$\n    age: &shared {r[2]},{r[3]}\n"
+        "  - path_regex: sh2\\.yaml$\n    age: *shared\n"
+    )
+    names = ["merged.yaml", "first.yaml", "own.yaml", "sh1.yaml", "sh2.yaml"]
+    for path in names:
+        assert sorted(ours(str(cfg), path, str(tmp_path))) == sorted(sops_recipients(sops_bin, path, str(tmp_path)))
+    # Edits through the modules keep every other rule as sops reads it.
+    before = {p: sorted(sops_recipients(sops_bin, p, str(tmp_path))) for p in names}
+    host = new_recipient()
+    rules = ["merged\\.yaml$", "sh1\\.yaml$"]
+    add = run_module("sops_recipient", {"path": str(cfg), "name": "host", "recipient": host, "rules": rules})
+    assert add.changed and not add.failed, add.msg
+    after = {p: sorted(sops_recipients(sops_bin, p, str(tmp_path))) for p in names}
+    assert after["merged.yaml"] == sorted(before["merged.yaml"] + [host])
+    assert after["sh1.yaml"] == sorted(before["sh1.yaml"] + [host])
+    assert {p: v for p, v in after.items() if p not in ("merged.yaml", "sh1.yaml")} == {
+        p: v for p, v in before.items() if p not in ("merged.yaml", "sh1.yaml")
+    }

@@ -169,3 +169,63 @@ def test_ansible_doc_renders(repo_root):
         assert proc.returncode == 0, proc.stderr
         assert "WARNING" not in proc.stderr.upper(), proc.stderr
         assert "check_mode" in proc.stdout and "diff_mode" in proc.stdout
+
+
+def test_six_parallel_runs_all_land(cfg):
+    """Parallel runs queue on the repository lock: no run loses another's anchor."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [f"par{i}" for i in range(6)]
+
+    def add(name: str):
+        return run_module(
+            "sops_recipient", {"path": str(cfg), "group": "hosts", "name": name, "recipient": new_recipient()}
+        )
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(add, names))
+    assert all(r.changed and not r.failed for r in results), [r.msg for r in results]
+    from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig
+
+    anchors = SopsConfig.load(str(cfg)).anchors()
+    assert all(n in anchors for n in names)
+
+
+def test_check_mode_takes_no_lock(cfg):
+    # A held lock makes a real run wait (and give up after lock_timeout); check mode does not need it.
+    from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_lock
+
+    args = {"path": str(cfg), "group": "hosts", "name": "gusto", "recipient": new_recipient(), "lock_timeout": 1}
+    before = state_of(cfg)
+    with repo_lock(str(cfg.parent), purpose="test holds it"):
+        checked = run_module("sops_recipient", args, check=True)
+        real = run_module("sops_recipient", args)
+    assert checked.changed and not checked.failed, checked.msg
+    assert real.failed and "test holds it" in real.msg, real.msg
+    assert state_of(cfg) == before
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [
+        ("sops_recipient", {"group": "hosts", "name": "gusto", "recipient": new_recipient()}),
+        ("sops_creation_rule", {"path_regex": "x", "anchors": ["a"]}),
+    ],
+)
+def test_alias_bomb_fails_fast_and_writes_nothing(tmp_path, module, args):
+    import time
+
+    lines = ['a: &a ["lol"' + ', "lol"' * 8 + "]"]
+    for i in range(1, 9):
+        prev, cur = chr(ord("a") + i - 1), chr(ord("a") + i)
+        lines.append(f"{cur}: &{cur} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    lines += ["creation_rules:", "  - path_regex: x", "    age: *i"]
+    cfg = tmp_path / ".sops.yaml"
+    cfg.write_text("\n".join(lines) + "\n")
+    before = state_of(cfg)
+    t0 = time.monotonic()
+    r = run_module(module, {"path": str(cfg), **args})
+    assert time.monotonic() - t0 < 30  # an Ansible run; the parse itself refuses in milliseconds
+    assert r.failed and "aliases expand to more than" in r.msg and str(cfg) in r.msg, r.msg
+    assert "\n" not in r.msg
+    assert state_of(cfg) == before
