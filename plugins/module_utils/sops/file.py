@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable, Iterable
-from types import ModuleType
 from typing import Any
 
 from ..age import AgeKeyError, validate_recipient
@@ -24,7 +23,7 @@ from .errors import (
 )
 from .keys import Keyring, find_identities, wrap
 from .metadata import RULE_FIELDS, AgeStanza, Metadata, normalize_lastmodified, now_lastmodified
-from .stores import format_for_path, store_for
+from .stores import Store, format_for_path, store_for
 from .tree import Comment, Rules, new_mac_hash, set_path, unset_path, walk
 
 SOPS_VERSION = "3.11.0"
@@ -89,7 +88,7 @@ class SopsFile:
         self.path = path
         self.raw = data
         self.format = fmt or format_for_path(path)
-        self.store: ModuleType = store_for(self.format)
+        self.store: Store = store_for(self.format)
         self._docs: list[dict] | None = None
         spans, meta = self.store.find_metadata(data, path)
         if meta is None:
@@ -139,12 +138,12 @@ class SopsFile:
         """
         docs = self.decrypt_documents(identities, keep_comments)
         if self.format == "binary":
-            return self.store.from_tree(docs, self.path)
+            return self.store.from_documents(docs, self.path)
         return docs[0] if docs else {}
 
     def _decrypt_tree(self, key: bytes) -> list[dict]:
         rules = self.metadata.rules
-        floats = self.store.FLOATS
+        floats = self.store.floats
         h = new_mac_hash(rules)
         stash = self._stash
 
@@ -367,20 +366,10 @@ def encrypt_file(
     rules = Rules(**{k: v for k, v in opts.items() if v}, mac_only_encrypted=mac_only)
     if rules.count() > 1:
         raise SopsError("only one of the suffix/regex rules can be used", path)
-    if fmt == "binary":
-        if not isinstance(data, (bytes, bytearray)):
-            raise SopsError("binary files take bytes as data", path)
-        docs = store.to_tree(bytes(data))
+    docs = store.to_documents(data, path)
+    if not store.structured:
         rules = Rules(mac_only_encrypted=mac_only)
     else:
-        docs = data if isinstance(data, list) else [data]
-        if not all(isinstance(d, dict) for d in docs):
-            raise SopsError(f"{fmt} files hold a mapping at the top level", path)
-        if fmt != "yaml" and len(docs) != 1:
-            raise SopsError(f"{fmt} files hold exactly one document", path)
-        if any("sops" in d for d in docs) or (fmt == "dotenv" and any(
-                isinstance(k, str) and k.startswith("sops_") for k in docs[0])):
-            raise SopsError("the data has a top-level 'sops' entry, which sops reserves for its metadata", path)
         if rules.count() == 0:
             rules.unencrypted_suffix = "_unencrypted"
     n = len(groups)
@@ -394,7 +383,7 @@ def encrypt_file(
     key = os.urandom(32)
     meta = Metadata(key_groups=[], version=SOPS_VERSION, shamir_threshold=threshold, rules=rules)
     meta.key_groups = _wrap_groups(key, groups, threshold or 2)
-    enc_docs = _seal(meta, docs, key, store.FLOATS, None, path)
+    enc_docs = _seal(meta, docs, key, store.floats, None, path)
     out = store.emit(enc_docs, meta.to_mapping())
     if not dry_run:
         _write(path, out)
@@ -402,7 +391,7 @@ def encrypt_file(
 
 
 def _rewrite(sf: SopsFile, docs: list[dict], key: bytes, stash: dict | None) -> bytes:
-    enc_docs = _seal(sf.metadata, docs, key, sf.store.FLOATS, stash, sf.path)
+    enc_docs = _seal(sf.metadata, docs, key, sf.store.floats, stash, sf.path)
     return sf.store.emit(enc_docs, sf.metadata.to_mapping())
 
 

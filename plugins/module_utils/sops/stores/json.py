@@ -15,10 +15,9 @@ from typing import Any
 
 from ..errors import SopsFormatError
 from ..tree import Comment
+from . import StructuredStore
 from .goyaml import NilList, go_fixed, shortest_digits
 
-NAME = "json"
-FLOATS = True
 _WS = " \t\r\n"
 
 
@@ -119,30 +118,6 @@ def loads(text: str, path: str | None = None) -> Any:
         raise SopsFormatError(f"invalid JSON: {exc}", path) from None
 
 
-def load(data: bytes, path: str | None = None) -> tuple[list[dict], dict | None]:
-    """Parse a sops JSON file into one document and its raw ``sops`` mapping."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SopsFormatError("not UTF-8 text, cannot be a sops JSON file", path) from None
-    doc = loads(text, path)
-    if not isinstance(doc, dict):
-        raise SopsFormatError("a sops JSON file is an object at the top level", path)
-    meta = doc.pop("sops", None)
-    return [doc], meta
-
-
-def emit(docs: list[dict], metadata: dict[str, Any]) -> bytes:
-    """The whole encrypted file (sops' EmitEncryptedFile)."""
-    full = dict(docs[0] if docs else {})
-    full["sops"] = metadata
-    return (dumps(full) + "\n").encode("utf-8", "surrogateescape")
-
-
-def emit_plain(docs: list[dict]) -> bytes:
-    return (dumps(docs[0] if docs else {}) + "\n").encode("utf-8", "surrogateescape")
-
-
 def _skip_ws(text: str, i: int) -> int:
     while i < len(text) and text[i] in _WS:
         i += 1
@@ -152,45 +127,71 @@ def _skip_ws(text: str, i: int) -> int:
 _DECODER = pyjson.JSONDecoder(object_pairs_hook=_pairs)
 
 
-def find_metadata(data: bytes, path: str | None = None) -> tuple[list[tuple[int, int]], dict | None]:
-    """Span of the top-level ``"sops"`` value and its parsed content; the rest is only scanned."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SopsFormatError("not UTF-8 text, cannot be a sops JSON file", path) from None
-    i = _skip_ws(text, 0)
-    if i >= len(text) or text[i] != "{":
-        return [], None
-    i += 1
-    found: tuple[int, int, Any] | None = None
-    try:
-        while True:
-            i = _skip_ws(text, i)
-            if text[i] == "}":
-                break
-            if text[i] != '"':
-                return [], None
-            key, i = scanstring(text, i + 1)
-            i = _skip_ws(text, i)
-            if text[i] != ":":
-                return [], None
-            i = _skip_ws(text, i + 1)
-            value, end = _DECODER.raw_decode(text, i)
-            if key == "sops":
-                found = (i, end, value)
-            i = _skip_ws(text, end)
-            if text[i] == ",":
-                i += 1
-    except (ValueError, IndexError):
-        raise SopsFormatError("invalid JSON", path) from None
-    if found is None:
-        return [], None
-    start, end, value = found
-    bstart = len(text[:start].encode("utf-8"))
-    bend = bstart + len(text[start:end].encode("utf-8"))
-    return [(bstart, bend)], value
+class JsonStore(StructuredStore):
+    """sops' JSON store: one document; numbers are float64 in the tree."""
 
+    name = "json"
+    floats = True
 
-def emit_metadata(metadata: dict[str, Any]) -> bytes:
-    """The ``"sops"`` value as sops writes it (one tab level deep)."""
-    return dumps(metadata, level=1).encode("utf-8")
+    def load(self, data: bytes, path: str | None = None) -> tuple[list[dict], dict | None]:
+        """Parse a sops JSON file into one document and its raw ``sops`` mapping."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SopsFormatError("not UTF-8 text, cannot be a sops JSON file", path) from None
+        doc = loads(text, path)
+        if not isinstance(doc, dict):
+            raise SopsFormatError("a sops JSON file is an object at the top level", path)
+        meta = doc.pop("sops", None)
+        return [doc], meta
+
+    def emit(self, docs: list[dict], metadata: dict[str, Any]) -> bytes:
+        """The whole encrypted file (sops' EmitEncryptedFile)."""
+        full = dict(docs[0] if docs else {})
+        full["sops"] = metadata
+        return (dumps(full) + "\n").encode("utf-8", "surrogateescape")
+
+    def emit_plain(self, docs: list[dict]) -> bytes:
+        return (dumps(docs[0] if docs else {}) + "\n").encode("utf-8", "surrogateescape")
+
+    def find_metadata(self, data: bytes, path: str | None = None) -> tuple[list[tuple[int, int]], dict | None]:
+        """Span of the top-level ``"sops"`` value and its parsed content; the rest is only scanned."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SopsFormatError("not UTF-8 text, cannot be a sops JSON file", path) from None
+        i = _skip_ws(text, 0)
+        if i >= len(text) or text[i] != "{":
+            return [], None
+        i += 1
+        found: tuple[int, int, Any] | None = None
+        try:
+            while True:
+                i = _skip_ws(text, i)
+                if text[i] == "}":
+                    break
+                if text[i] != '"':
+                    return [], None
+                key, i = scanstring(text, i + 1)
+                i = _skip_ws(text, i)
+                if text[i] != ":":
+                    return [], None
+                i = _skip_ws(text, i + 1)
+                value, end = _DECODER.raw_decode(text, i)
+                if key == "sops":
+                    found = (i, end, value)
+                i = _skip_ws(text, end)
+                if text[i] == ",":
+                    i += 1
+        except (ValueError, IndexError):
+            raise SopsFormatError("invalid JSON", path) from None
+        if found is None:
+            return [], None
+        start, end, value = found
+        bstart = len(text[:start].encode("utf-8"))
+        bend = bstart + len(text[start:end].encode("utf-8"))
+        return [(bstart, bend)], value
+
+    def emit_metadata(self, metadata: dict[str, Any]) -> bytes:
+        """The ``"sops"`` value as sops writes it (one tab level deep)."""
+        return dumps(metadata, level=1).encode("utf-8")
