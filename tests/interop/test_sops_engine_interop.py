@@ -388,11 +388,12 @@ def test_random_yaml_documents_from_sops(sops_bin, tmp_path_factory, doc, encryp
     assert _num(S.load(str(dst)).decrypt([ident])) == _num(doc)
     # And our re-emission of sops' file is sops' own bytes (set of an unchanged value writes nothing new).
     sf = S.load(str(dst))
-    from ansible_collections.nixfleet.sops.plugins.module_utils.sops import file as F
+    from ansible_collections.nixfleet.sops.plugins.module_utils.sops import cipher
 
     key = sf.data_key([ident])
-    docs = sf._decrypt_tree(key)
-    enc_docs, _ = F._encrypt_tree(docs, key, sf.metadata.rules, False, sf._stash, None)
+    stash: dict = {}
+    docs = cipher.decrypt_tree(sf.encrypted_documents, key, sf.metadata, False, stash, None)
+    enc_docs, _ = cipher.encrypt_tree(docs, key, sf.metadata.rules, False, stash, None)
     ours = sf.store.emit(enc_docs, sf.metadata.to_mapping())
     # Equal list items share their additional data, so sops' IV stash (and ours) reuses one IV
     # for them on re-encryption: compare ciphertexts only through the layout.

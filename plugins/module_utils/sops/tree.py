@@ -182,6 +182,11 @@ def new_mac_hash(rules: Rules) -> Any:
 
 
 # --------------------------------------------------------------------------- key paths
+def display_key_path(keypath: list[str | int]) -> str:
+    """A key path as users write it: keys joined by ``/``, list indexes as ``[n]``."""
+    return "/".join(f"[{p}]" if isinstance(p, int) else p for p in keypath)
+
+
 def get_path(tree: Any, keypath: list[str | int]) -> Any:
     """The value at ``keypath``; KeyError/IndexError/TypeError when it is not there."""
     cur = tree
