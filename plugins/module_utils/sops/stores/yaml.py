@@ -34,15 +34,38 @@ def _scalar(node: pyyaml.ScalarNode) -> Any:
     return node.value
 
 
+# An alias makes the builder walk its anchor's subtree again. A few are normal; a "billion
+# laughs" document nests them so that a few hundred bytes expand to billions of values. Allow
+# the expansion to outgrow the document's own size only by this factor (plus a fixed margin).
+ALIAS_FACTOR = 10
+ALIAS_MARGIN = 10_000
+
+
 class _Builder:
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, line_offset: int = 0) -> None:
         self.path = path
+        self.line_offset = line_offset  # where the parsed text starts in the file (metadata block)
         self.anchors: list[tuple[int, int, _Container]] = []
         self.covered: set[int] = set()
+        self.parents: dict[int, _Container] = {}
+        self._distinct: set[int] = set()
+        self._visits = 0
+
+    def _count(self, node: pyyaml.Node) -> None:
+        self._visits += 1
+        if id(node) in self._distinct:
+            if self._visits > ALIAS_FACTOR * len(self._distinct) + ALIAS_MARGIN:
+                raise SopsFormatError(
+                    f"YAML aliases (line {node.start_mark.line + 1 + self.line_offset} and others) expand to more "
+                    f"than {self._visits} values, {ALIAS_FACTOR} times the document's own size: refusing to load "
+                    "it (an alias bomb?); write the values out instead of nesting aliases", self.path)
+        else:
+            self._distinct.add(id(node))
 
     def node(self, node: pyyaml.Node, depth: int = 0) -> Any:
         if depth > 500:
             raise SopsFormatError("YAML nesting too deep", self.path)
+        self._count(node)
         if isinstance(node, pyyaml.ScalarNode):
             if node.end_mark.line > node.start_mark.line:
                 end = node.end_mark.line if node.end_mark.column > 0 else node.end_mark.line - 1
@@ -64,8 +87,8 @@ class _Builder:
                 key = _scalar(k)
                 if not isinstance(key, str):
                     raise SopsFormatError(
-                        f"line {k.start_mark.line + 1}: only string keys are supported (found {k.value!r}); "
-                        "quote the key", self.path)
+                        f"line {k.start_mark.line + 1 + self.line_offset}: only string keys are supported "
+                        f"(found {k.value!r}); quote the key", self.path)
                 if not node.flow_style:
                     self.anchors.append((k.start_mark.line, col, c))
                 c.entries.append((k.start_mark.line, key, self.node(v, depth + 1)))
@@ -258,6 +281,17 @@ def _fast_block(block: str) -> dict:
     return parsed
 
 
+def _load_block(block: str, path: str | None, line_offset: int) -> Any:
+    """A metadata block that is not in sops' own layout, through the full parser (same limits as values)."""
+    try:
+        root = pyyaml.compose(block, Loader=_Loader)
+    except pyyaml.YAMLError:
+        return None
+    if not isinstance(root, pyyaml.MappingNode):
+        return None
+    return _plain(_finish(_Builder(path, line_offset).node(root)))
+
+
 class YamlStore(StructuredStore):
     """sops' YAML store: several documents, each carrying the metadata as its last key."""
 
@@ -292,7 +326,6 @@ class YamlStore(StructuredStore):
                     continue
                 raise SopsFormatError("YAML documents that are values are not supported", path)
             b = _Builder(path)
-            b.parents = {}
             built = b.node(root)
             _index_parents(built, b)
             first = 0 if n == 0 else max(roots[n - 1].end_mark.line if roots[n - 1] else 0, starts[n - 1])
@@ -341,10 +374,7 @@ class YamlStore(StructuredStore):
         try:
             parsed = _fast_block(block)
         except _Bail:
-            try:
-                parsed = pyyaml.load(block, Loader=_Loader)
-            except pyyaml.YAMLError:
-                parsed = None
+            parsed = _load_block(block, path, text.count("\n", 0, start))
         if not isinstance(parsed, dict) or "sops" not in parsed:
             return [], None
         # Byte offsets, since the caller splices bytes.
