@@ -316,6 +316,50 @@ def test_rule_options_interop(sops_bin, tmp_path, keys):
         assert same("yaml", S.load(str(src)).decrypt([keys["ids"][0]]), data)
 
 
+# --------------------------------------------------------------------------- duplicate keys, as sops treats them
+def test_duplicate_keys_refused_where_sops_refuses_and_named_where_sops_keeps_them(sops_bin, tmp_path, keys):
+    r, key_file = keys["recipients"][0], keys["files"][0]
+    # YAML: sops (yaml.v3) refuses a repeated key, in a plain file and in an encrypted one; so do we.
+    plain = tmp_path / "dup.yaml"
+    plain.write_text("a: 1\nb: 2\na: 3\n")
+    proc = run_sops(sops_bin, ["encrypt", "--age", r, str(plain)], key_file, tmp_path, check=False)
+    assert proc.returncode != 0 and b'line 3: mapping key "a" already defined at line 1' in proc.stderr
+    plain.write_text("a: 1\nb: 2\n")
+    enc = run_sops(sops_bin, ["encrypt", "--age", r, str(plain)], key_file, tmp_path).stdout.decode()
+    first = enc.split("\n")[0]
+    dup = tmp_path / "enc-dup.yaml"
+    dup.write_text(enc.replace("\nsops:", "\n" + first + "\nsops:", 1))
+    proc = run_sops(sops_bin, ["decrypt", str(dup)], key_file, tmp_path, check=False)
+    assert proc.returncode != 0 and b'line 3: mapping key "a" already defined at line 1' in proc.stderr
+    with pytest.raises(S.SopsFormatError, match='line 3: mapping key "a" already defined at line 1'):
+        S.load(str(dup)).decrypt([keys["ids"][0]])
+    # JSON and dotenv: sops keeps both entries (and programs reading the result see one); we refuse,
+    # naming the line, rather than a misleading MAC error.
+    for fmt, text, where in (("json", '{"a": "1",\n "b": "2",\n "a": "3"}\n', 'line 4: duplicate key "a"'),
+                             ("dotenv", "A=1\nB=2\nA=3\n", "line 3: duplicate key 'A'")):
+        src = tmp_path / f"dup-src.{'env' if fmt == 'dotenv' else fmt}"
+        src.write_text(text)
+        enc = run_sops(sops_bin, ["encrypt", "--age", r, str(src)], key_file, tmp_path).stdout
+        out = tmp_path / f"dup-enc.{'env' if fmt == 'dotenv' else fmt}"
+        out.write_bytes(enc)
+        assert sops_decrypt(sops_bin, str(out), fmt, key_file, tmp_path).count(b"3") == 1  # both kept
+        with pytest.raises(S.SopsFormatError, match=re.escape(where)):
+            S.load(str(out)).decrypt([keys["ids"][0]])
+    # INI: a repeated section is kept by sops (we refuse); a repeated key is merged, last value first
+    # place, by sops and by us alike.
+    src = tmp_path / "dup-src.ini"
+    src.write_text("[s]\na = 1\nb = 2\na = 3\n[t]\nc = 4\n[s]\nd = 5\n")
+    out = tmp_path / "dup-enc.ini"
+    out.write_bytes(run_sops(sops_bin, ["encrypt", "--age", r, str(src)], key_file, tmp_path).stdout)
+    assert sops_decrypt(sops_bin, str(out), "ini", key_file, tmp_path).count(b"[s]") == 2
+    with pytest.raises(S.SopsFormatError, match=re.escape("section [s] appears again (first at line 1)")):
+        S.load(str(out)).decrypt([keys["ids"][0]])
+    src.write_text("[s]\na = 1\nb = 2\na = 3\n")
+    out.write_bytes(run_sops(sops_bin, ["encrypt", "--age", r, str(src)], key_file, tmp_path).stdout)
+    theirs = parse_plain("ini", sops_decrypt(sops_bin, str(out), "ini", key_file, tmp_path))
+    assert S.load(str(out)).decrypt([keys["ids"][0]]) == theirs == {"s": {"a": "3", "b": "2"}}
+
+
 # --------------------------------------------------------------------------- random documents through sops
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

@@ -33,6 +33,16 @@ def value_text(value: Any) -> str:
     return "true" if value is True else "false" if value is False else scalar_text(value)
 
 
+def _check_unique(key: str, number: int, first_line: dict[str, int], path: str | None) -> None:
+    # sops keeps both lines, but whoever reads the file (a shell, sops-nix) sees only one of them,
+    # and a tree of mappings cannot hold both: refuse rather than pick one silently.
+    if key in first_line:
+        raise SopsFormatError(
+            f"line {number}: duplicate key {key!r} (first at line {first_line[key]}); sops keeps both, but "
+            "programs reading the file see only one: remove one of them (sops edit)", path)
+    first_line[key] = number
+
+
 class DotenvStore(StructuredStore):
     """sops' dotenv store: one flat document of strings."""
 
@@ -43,6 +53,7 @@ class DotenvStore(StructuredStore):
         """Parse a dotenv file (as sops' dotenv store does) into one flat document and its metadata."""
         doc: dict = {}
         flat: dict[str, str] = {}
+        first_line: dict[str, int] = {}
         for number, line in enumerate(_lines(data, path), start=1):
             if not line:
                 continue
@@ -53,6 +64,7 @@ class DotenvStore(StructuredStore):
             if pos < 0:
                 raise SopsFormatError(f"line {number}: invalid dotenv line (no '=')", path)
             key, value = line[:pos], line[pos + 1 :].replace("\\n", "\n")
+            _check_unique(key, number, first_line, path)
             if key.startswith(PREFIX):
                 flat[key[len(PREFIX) :]] = value
             else:
@@ -83,12 +95,14 @@ class DotenvStore(StructuredStore):
         """Spans of the ``sops_`` lines and the metadata they hold."""
         spans = []
         flat: dict[str, str] = {}
+        first_line: dict[str, int] = {}
         pos = 0
-        for line in data.split(b"\n"):
+        for number, line in enumerate(data.split(b"\n"), start=1):
             end = pos + len(line) + 1
             if line.startswith(PREFIX.encode()):
                 text = line.decode("utf-8", "replace")
                 key, _, value = text.partition("=")
+                _check_unique(key, number, first_line, path)
                 flat[key[len(PREFIX) :]] = value
                 spans.append((pos, min(end, len(data))))
             pos = end

@@ -38,9 +38,20 @@ def _unquote(value: str) -> str:
     return value
 
 
+def _check_unique(name: str, number: int, first: int, path: str | None) -> None:
+    # sops (ini.v1) keeps a repeated section as a second one, but INI readers merge or pick one,
+    # and a tree of mappings cannot hold both. (A repeated key in one section, ini.v1 merges:
+    # the last value at the first place; so does the dict a section becomes here.)
+    if first != number:
+        raise SopsFormatError(
+            f"line {number}: section [{name}] appears again (first at line {first}); sops keeps both, but "
+            "programs reading the file merge them: make them one section (sops edit)", path)
+
+
 def _parse(text: str, path: str | None) -> list[tuple[str, list[str], list[tuple[str, str, list[str]]]]]:
     """[(section, section comments, [(key, value, key comments)])] in file order."""
     sections: list[tuple[str, list[str], list[tuple[str, str, list[str]]]]] = [(DEFAULT, [], [])]
+    first_line: dict[str, int] = {}
     pending: list[str] = []
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
@@ -51,7 +62,9 @@ def _parse(text: str, path: str | None) -> list[tuple[str, list[str], list[tuple
             continue
         m = _SECTION_RE.match(line)
         if m:
-            sections.append((m.group(1).strip(), pending, []))
+            name = m.group(1).strip()
+            _check_unique(name, number, first_line.setdefault(name, number), path)
+            sections.append((name, pending, []))
             pending = []
             continue
         pos = min((i for i in (line.find("="), line.find(":")) if i >= 0), default=-1)
@@ -201,9 +214,13 @@ class IniStore(StructuredStore):
 
     def find_metadata(self, data: bytes, path: str | None = None) -> tuple[list[tuple[int, int]], dict | None]:
         """Span of the ``[sops]`` section (header to next section or end) and its metadata."""
-        m = re.search(rb"^[ \t]*\[sops\][ \t]*\r?$", data, re.M)
-        if not m:
+        headers = list(re.finditer(rb"^[ \t]*\[sops\][ \t]*\r?$", data, re.M))
+        if not headers:
             return [], None
+        m = headers[0]
+        if len(headers) > 1:
+            _check_unique("sops", data.count(b"\n", 0, headers[1].start()) + 1,
+                          data.count(b"\n", 0, m.start()) + 1, path)
         nxt = re.compile(rb"^[ \t]*\[", re.M).search(data, m.end())
         end = nxt.start() if nxt else len(data)
         if nxt:

@@ -107,13 +107,59 @@ def dumps(value: Any, level: int = 0) -> str:
     return "".join(out)
 
 
+class _DuplicateKey(Exception):
+    """An object names a key twice; where is found by a slower scan (only then)."""
+
+
 def _pairs(pairs: list[tuple[str, Any]]) -> dict:
-    return dict(pairs)
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _DuplicateKey
+    return out
+
+
+def _duplicate_error(text: str, path: str | None) -> SopsFormatError:
+    """Where the first duplicate key of ``text`` (valid JSON) is, as an error naming both lines.
+
+    sops keeps both entries, but JSON readers (sops-nix included) keep one of
+    them, and a tree of mappings cannot hold both: refuse rather than pick one.
+    """
+    found: list[tuple[str, int, int]] = []
+
+    def line(i: int) -> int:
+        return text.count("\n", 0, i) + 1
+
+    def value(i: int) -> int:
+        i = _skip_ws(text, i)
+        if text[i] not in "{[":
+            return _DECODER_PLAIN.raw_decode(text, i)[1]
+        close = "}" if text[i] == "{" else "]"
+        seen: dict[str, int] = {}
+        i = _skip_ws(text, i + 1)
+        while text[i] != close:
+            if close == "}":
+                key, end = scanstring(text, i + 1)
+                if key in seen and not found:
+                    found.append((key, line(i), line(seen[key])))
+                seen.setdefault(key, i)
+                i = _skip_ws(text, end) + 1  # the ':'
+            i = _skip_ws(text, value(i))
+            if text[i] == ",":
+                i = _skip_ws(text, i + 1)
+        return i + 1
+
+    value(0)
+    key, at, first = found[0] if found else ("?", 0, 0)
+    return SopsFormatError(
+        f'line {at}: duplicate key "{key}" (first at line {first}); sops keeps both, but programs reading '
+        "the file see only one: remove one of them (sops edit)", path)
 
 
 def loads(text: str, path: str | None = None) -> Any:
     try:
         return pyjson.loads(text, object_pairs_hook=_pairs)
+    except _DuplicateKey:
+        raise _duplicate_error(text, path) from None
     except ValueError as exc:
         raise SopsFormatError(f"invalid JSON: {exc}", path) from None
 
@@ -125,6 +171,7 @@ def _skip_ws(text: str, i: int) -> int:
 
 
 _DECODER = pyjson.JSONDecoder(object_pairs_hook=_pairs)
+_DECODER_PLAIN = pyjson.JSONDecoder()
 
 
 class JsonStore(StructuredStore):
@@ -165,6 +212,7 @@ class JsonStore(StructuredStore):
             return [], None
         i += 1
         found: tuple[int, int, Any] | None = None
+        keys: set[str] = set()
         try:
             while True:
                 i = _skip_ws(text, i)
@@ -173,16 +221,22 @@ class JsonStore(StructuredStore):
                 if text[i] != '"':
                     return [], None
                 key, i = scanstring(text, i + 1)
+                if key in keys:
+                    raise _DuplicateKey
+                keys.add(key)
                 i = _skip_ws(text, i)
                 if text[i] != ":":
                     return [], None
                 i = _skip_ws(text, i + 1)
-                value, end = _DECODER.raw_decode(text, i)
+                # Duplicates inside the values are the full load's business; here, the metadata's.
+                value, end = (_DECODER if key == "sops" else _DECODER_PLAIN).raw_decode(text, i)
                 if key == "sops":
                     found = (i, end, value)
                 i = _skip_ws(text, end)
                 if text[i] == ",":
                     i += 1
+        except _DuplicateKey:
+            raise _duplicate_error(text, path) from None
         except (ValueError, IndexError):
             raise SopsFormatError("invalid JSON", path) from None
         if found is None:

@@ -81,6 +81,7 @@ class _Builder:
         if isinstance(node, pyyaml.MappingNode):
             col = node.value[0][0].start_mark.column if node.value else node.start_mark.column
             c = _Container(col, True)
+            first_line: dict[str, int] = {}
             for k, v in node.value:
                 if not isinstance(k, pyyaml.ScalarNode):
                     raise SopsFormatError("complex mapping keys are not supported", self.path)
@@ -89,6 +90,13 @@ class _Builder:
                     raise SopsFormatError(
                         f"line {k.start_mark.line + 1 + self.line_offset}: only string keys are supported "
                         f"(found {k.value!r}); quote the key", self.path)
+                line = k.start_mark.line + 1 + self.line_offset
+                if key in first_line:
+                    # yaml.v3 (so sops) refuses a mapping that names a key twice; so do we, in its words.
+                    raise SopsFormatError(
+                        f'line {line}: mapping key "{key}" already defined at line {first_line[key]}; '
+                        "remove one of them", self.path)
+                first_line[key] = line
                 if not node.flow_style:
                     self.anchors.append((k.start_mark.line, col, c))
                 c.entries.append((k.start_mark.line, key, self.node(v, depth + 1)))

@@ -88,3 +88,83 @@ def test_a_few_aliases_are_fine(tmp_path):
     path.write_text("base: &b {user: u, port: 22}\nh1: *b\nh2: *b\n" + text)
     docs, _ = S.load(str(path)).store.load(path.read_bytes(), str(path))
     assert docs[0]["h2"] == {"user": "u", "port": 22}
+
+
+# --------------------------------------------------------------------------- duplicate keys
+def _encrypted(tmp_path, name, data):
+    path = tmp_path / name
+    S.encrypt_file(str(path), data, [[RECIPIENT]])
+    return path
+
+
+def _dup_line(text: str, needle: str, after: int = 0) -> str:
+    """``text`` with the first line containing ``needle`` repeated right after line ``after`` (0-based)."""
+    lines = text.split("\n")
+    src = next(i for i, line in enumerate(lines) if needle in line)
+    lines.insert(after + 1, lines[src])
+    return "\n".join(lines)
+
+
+def _refused(path, *fragments):
+    before = path.read_bytes()
+    for op in (lambda: S.load(str(path)).decrypt([IDENT]),
+               lambda: S.set_value(str(path), ["zz"], "v", [IDENT])):
+        with pytest.raises(S.SopsFormatError) as info:
+            op()
+        text = str(info.value)
+        assert text.startswith(f"{path}: ") and "\n" not in text, text
+        for f in fragments:
+            assert f in text, text
+    assert path.read_bytes() == before
+
+
+def test_yaml_duplicate_key_in_values_is_refused_like_sops(tmp_path):
+    path = _encrypted(tmp_path, "d.yaml", {"a": "1", "b": "2"})
+    path.write_text(_dup_line(path.read_text(), "a: ENC", after=1))
+    _refused(path, 'line 3: mapping key "a" already defined at line 1')
+
+
+def test_yaml_duplicate_key_in_metadata_is_refused_like_sops(tmp_path):
+    path = _encrypted(tmp_path, "m.yaml", {"a": "1"})
+    text = path.read_text()
+    lines = text.split("\n")
+    v = next(i for i, line in enumerate(lines) if line.startswith("    version:"))
+    lm = next(i for i, line in enumerate(lines) if line.startswith("    lastmodified:"))
+    lines.insert(lm + 1, lines[v])
+    path.write_text("\n".join(lines))
+    with pytest.raises(S.SopsFormatError) as info:
+        S.load(str(path))
+    assert f'line {v + 2}: mapping key "version" already defined at line {lm + 2}' in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_json_duplicate_key_is_refused_with_its_line(tmp_path):
+    path = _encrypted(tmp_path, "d.json", {"a": "1", "n": {"x": "2", "y": "3"}})
+    path.write_text(_dup_line(path.read_text(), '"x": "ENC', after=3))
+    _refused(path, 'line 5: duplicate key "x" (first at line 4)')
+    # and at the top level, where the metadata is found
+    path = _encrypted(tmp_path, "t.json", {"a": "1", "b": "2"})
+    path.write_text(_dup_line(path.read_text(), '"a": "ENC', after=2))
+    with pytest.raises(S.SopsFormatError, match='line 4: duplicate key "a" \\(first at line 2\\)'):
+        S.load(str(path))
+
+
+def test_dotenv_duplicate_key_is_refused_with_its_line(tmp_path):
+    path = _encrypted(tmp_path, "d.env", {"A": "1", "B": "2"})
+    path.write_text(_dup_line(path.read_text(), "A=ENC", after=1))
+    _refused(path, "line 3: duplicate key 'A' (first at line 1)")
+    path = _encrypted(tmp_path, "m.env", {"A": "1"})
+    path.write_text(_dup_line(path.read_text(), "sops_version=", after=1))
+    with pytest.raises(S.SopsFormatError, match="duplicate key 'sops_version'"):
+        S.load(str(path))
+
+
+def test_ini_duplicate_section_is_refused_duplicate_keys_merge_like_sops(tmp_path):
+    path = _encrypted(tmp_path, "d.ini", {"s": {"a": "1", "b": "2"}, "t": {"c": "3"}})
+    text = path.read_text()
+    path.write_text(text.replace("[t]", "[s]", 1))
+    _refused(path, "line 5: section [s] appears again (first at line 1)")
+    # A key twice in one section: sops (ini.v1) keeps the last value at the first place; so do we.
+    path = _encrypted(tmp_path, "k.ini", {"s": {"a": "1", "b": "2"}})
+    path.write_text(_dup_line(path.read_text(), "a = ENC", after=2))
+    assert S.load(str(path)).decrypt([IDENT]) == {"s": {"a": "1", "b": "2"}}
