@@ -316,6 +316,40 @@ def test_rule_options_interop(sops_bin, tmp_path, keys):
         assert same("yaml", S.load(str(src)).decrypt([keys["ids"][0]]), data)
 
 
+# --------------------------------------------------------------------------- stanzas: checked and repaired
+def test_stanza_check_accepts_what_sops_writes_and_updatekeys_repairs_a_corrupt_one(sops_bin, tmp_path, keys):
+    from ansible_collections.nixfleet.sops.plugins.module_utils import sshkeys
+
+    r = keys["recipients"]
+    ssh = sshkeys.generate("root@h").public_line
+    path = sops_encrypt(sops_bin, tmp_path, "yaml", [r[2], " ".join(ssh.split()[:2])], keys["files"][0],
+                        name="ssh.yaml")
+    assert S.load(path).metadata.stanza_problems() == []  # sops' own stanzas (Go age, SSH) are sound
+    path = sops_encrypt(sops_bin, tmp_path, "yaml", r[:2], keys["files"][0])
+    work = tmp_path / "g"
+    work.mkdir()
+    (work / ".sops.yaml").write_text(
+        f"creation_rules:\n  - shamir_threshold: 2\n    key_groups:\n      - age: [{r[0]}]\n      - age: [{r[1]}]\n")
+    (work / "s.yaml").write_text("a: b\n")
+    (work / "s.yaml").write_bytes(run_sops(sops_bin, ["encrypt", str(work / "s.yaml")], keys["files"][0],
+                                           work).stdout)
+    assert S.load(str(work / "s.yaml")).metadata.stanza_problems() == []  # 33-byte shares too
+    # r[1]'s stanza loses its payload's last bytes: sops cannot open it with r[1] alone any more.
+    text = open(path).read()
+    start = [m.start() for m in re.finditer("BEGIN AGE ENCRYPTED FILE", text)][1]
+    end = text.index("-----END", start)
+    block = text[start:end]
+    last = block.rstrip().split("\n")[-1]
+    open(path, "w").write(text[:start] + block.replace(last, last.strip()[:-8].rjust(len(last)), 1) + text[end:])
+    problems = S.load(path).metadata.stanza_problems()
+    assert [(p.group, p.recipient) for p in problems] == [(0, r[1])]
+    assert run_sops(sops_bin, ["decrypt", path], keys["files"][1], tmp_path, check=False).returncode != 0
+    # Same recipients: the broken stanza alone makes updatekeys rewrite, and sops opens it again.
+    assert S.updatekeys(path, S.load(path).recipients, [keys["ids"][0]]) == (True, set(), set())
+    sops_decrypt(sops_bin, path, "yaml", keys["files"][1], tmp_path)
+    assert S.load(path).metadata.stanza_problems() == []
+
+
 # --------------------------------------------------------------------------- duplicate keys, as sops treats them
 def test_duplicate_keys_refused_where_sops_refuses_and_named_where_sops_keeps_them(sops_bin, tmp_path, keys):
     r, key_file = keys["recipients"][0], keys["files"][0]

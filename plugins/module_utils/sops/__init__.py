@@ -21,7 +21,10 @@ Public API (plain Python, no Ansible):
     encrypted_regex, mac_only_encrypted, …).
 On a ``SopsFile`` (``sf``):
     ``sf.recipients`` (age recipients per key group), ``sf.metadata``
-    (``Metadata``), ``sf.format``, ``sf.store`` (``Store``).
+    (``Metadata``; ``.stanza_problems() -> [StanzaProblem(group, recipient,
+    problem)]`` checks every age stanza's structure without any identity:
+    armor, age header, one stanza of the recipient's type, base64, sizes),
+    ``sf.format``, ``sf.store`` (``Store``).
     ``sf.unlock(identities=None) -> sf``: the identities that open the data
     key; it is unwrapped on first need, once, and kept (a metadata-only
     operation that changes nothing never unwraps it).
@@ -30,7 +33,9 @@ On a ``SopsFile`` (``sf``):
     ``sf.set(keypath, value) -> bool``, ``sf.unset(keypath) -> bool``,
     ``sf.replace(data) -> bool`` (whole content; bytes for binary files),
     ``sf.updatekeys(key_groups, shamir_threshold=None) -> (changed, added, removed)``
-    (same data key wrapped for the new groups), ``sf.rotate()`` (new data
+    (same data key; when the groups or threshold differ, or a kept
+    recipient's stanza is structurally broken, every stanza is wrapped
+    afresh, as sops does, which repairs a corrupt one), ``sf.rotate()`` (new data
     key), ``sf.changed``, ``sf.encode() -> bytes`` (values encrypted again only
     when they changed, unchanged ones keep their ciphertexts; after updatekeys
     alone only the metadata block is replaced and every other byte is kept),
@@ -92,6 +97,7 @@ from .file import SopsFile, encrypt_file, keyring, load, rotate, set_value, unse
 from .keys import Keyring, find_identities
 from .metadata import AgeStanza, Metadata
 from .sinks import FileSink, NullSink, Sink, StagedCommitError, StagedSink
+from .stanzas import StanzaProblem
 from .stores import Store, format_for_path, store_for
 from .tree import Comment, comparable, display_key_path, strip_comments
 
@@ -113,6 +119,7 @@ __all__ = [
     "SopsNotEncryptedError",
     "StagedCommitError",
     "StagedSink",
+    "StanzaProblem",
     "Store",
     "comparable",
     "display_key_path",

@@ -272,10 +272,13 @@ class SopsFile:
     ) -> tuple[bool, set[str], set[str]]:
         """Wrap the same data key for ``key_groups`` (``sops updatekeys -y``).
 
-        Values, ``mac`` and ``lastmodified`` stay; only the metadata block
-        changes (every other byte of the file is kept). The data key is
-        unwrapped only when something changes. Returns (changed, added
-        recipients, removed recipients).
+        Something changes when the recipients per group or the threshold
+        differ, or when the ``enc`` of a recipient that stays is structurally
+        broken (Metadata.stanza_problems). Then every stanza is wrapped afresh,
+        as sops does, which also repairs a corrupt one. Values, ``mac`` and
+        ``lastmodified`` stay; only the metadata block changes (every other byte
+        of the file is kept). The data key is unwrapped only when something
+        changes. Returns (changed, added recipients, removed recipients).
         """
         meta = self.metadata
         if meta.has_foreign_keys():
@@ -287,18 +290,18 @@ class SopsFile:
         old_all = set().union(*old_sets) if old_sets else set()
         new_all = set().union(*new_sets)
         threshold = min(shamir_threshold or meta.shamir_threshold, len(groups))
-        if old_sets == new_sets and threshold == meta.shamir_threshold:
+        broken = any(p.group < len(groups) and p.recipient in groups[p.group] for p in meta.stanza_problems())
+        if old_sets == new_sets and threshold == meta.shamir_threshold and not broken:
             return False, set(), set()
         key = self.data_key()
         if len(groups) > 1 and threshold < 2:
             threshold = len(groups) if not shamir_threshold else threshold
             if threshold < 2:
                 raise SopsError("several key groups need a shamir_threshold of at least 2", self.path)
-        shares, same = shares_for(key, len(groups), threshold, meta, self._parts)
-        keep = [{s.recipient: s.enc for s in g} for g in meta.key_groups] if same else None
+        shares, _ = shares_for(key, len(groups), threshold, meta, self._parts)
         new_meta = copy.copy(meta)
         new_meta.shamir_threshold = threshold
-        new_meta.key_groups = wrap_groups(shares, groups, keep)
+        new_meta.key_groups = wrap_groups(shares, groups)
         self.metadata = new_meta
         self._metadata_changed = True
         self._encoded = None

@@ -125,12 +125,7 @@ def shares_for(
     return shamir.split(key, n, threshold), False
 
 
-def wrap_groups(
-    shares: list[bytes], groups: list[list[str]], keep: list[dict[str, str]] | None = None
-) -> list[list[AgeStanza]]:
-    """One age stanza per recipient wrapping its group's share; ``keep`` (per group) reuses existing ``enc``."""
-    out = []
-    for gi, group in enumerate(groups):
-        existing = keep[gi] if keep is not None and gi < len(keep) else {}
-        out.append([AgeStanza(r, existing.get(r) or wrap(shares[gi], r)) for r in group])
-    return out
+def wrap_groups(shares: list[bytes], groups: list[list[str]]) -> list[list[AgeStanza]]:
+    """One age stanza per recipient, each wrapping its group's share afresh (as ``sops updatekeys`` does:
+    a kept recipient whose ``enc`` was corrupt is repaired)."""
+    return [[AgeStanza(r, wrap(shares[gi], r)) for r in group] for gi, group in enumerate(groups)]

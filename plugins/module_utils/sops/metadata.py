@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import SopsFormatError
+from .stanzas import StanzaProblem, stanza_problem
 from .stores.goyaml import NilList
 from .tree import DEFAULT_UNENCRYPTED_SUFFIX, Rules
 
@@ -59,6 +60,14 @@ class Metadata:
 
     def has_foreign_keys(self) -> bool:
         return any(v for g in self.foreign for v in g.values())
+
+    def stanza_problems(self) -> list[StanzaProblem]:
+        """Age stanzas that are structurally broken (armor, header, one stanza of the recipient's type,
+        base64, sizes): checked without any identity, so a plan or an audit can see that a file needs a
+        rekey to repair them. Empty when all are sound."""
+        return [StanzaProblem(gi, s.recipient, problem)
+                for gi, group in enumerate(self.key_groups) for s in group
+                if (problem := stanza_problem(s.recipient, s.enc)) is not None]
 
     # ----------------------------------------------------------------- reading
     @classmethod

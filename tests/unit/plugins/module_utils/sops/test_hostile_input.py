@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import re
 import signal
 import time
 
@@ -168,3 +170,92 @@ def test_ini_duplicate_section_is_refused_duplicate_keys_merge_like_sops(tmp_pat
     path = _encrypted(tmp_path, "k.ini", {"s": {"a": "1", "b": "2"}})
     path.write_text(_dup_line(path.read_text(), "a = ENC", after=2))
     assert S.load(str(path)).decrypt([IDENT]) == {"s": {"a": "1", "b": "2"}}
+
+
+# --------------------------------------------------------------------------- broken stanzas
+def _stanza_enc(text: str, n: int) -> tuple[int, int]:
+    """Span of the n-th armored age block in ``text``."""
+    starts = [m.start() for m in re.finditer(r"-----BEGIN AGE ENCRYPTED FILE-----", text)]
+    start = starts[n]
+    end = text.index("-----END AGE ENCRYPTED FILE-----", start) + len("-----END AGE ENCRYPTED FILE-----")
+    return start, end
+
+
+def _flip_payload(armored: str) -> str:
+    """Flip one bit of the age payload: the stanza still parses, but no identity opens it."""
+    lines = armored.split("\n")
+    body = [line.strip() for line in lines[1:-1]]
+    raw = bytearray(base64.b64decode("".join(body)))
+    raw[-5] ^= 0x01
+    b64 = base64.b64encode(bytes(raw)).decode()
+    return "\n".join([lines[0]] + [b64[i:i + 64] for i in range(0, len(b64), 64)] + [lines[-1]])
+
+
+def _three(tmp_path):
+    ids = [generate_identity() for _ in range(3)]
+    rs = [recipient_from_identity(i) for i in ids]
+    path = tmp_path / "s.yaml"
+    S.encrypt_file(str(path), {"k": "v"}, [rs[:2]])
+    return path, ids, rs
+
+
+def test_updatekeys_rewraps_every_stanza_so_a_corrupt_one_that_stays_is_repaired(tmp_path):
+    path, ids, rs = _three(tmp_path)
+    text = path.read_text()
+    start, end = _stanza_enc(text, 1)
+    # The armored block sits indented in YAML: flip it in its unindented form.
+    block = "\n".join(line.strip() for line in text[start:end].split("\n"))
+    indent = "\n" + " " * (len(text[:start]) - len(text[:start].rstrip(" ")))
+    path.write_text(text[:start] + _flip_payload(block).replace("\n", indent) + text[end:])
+    assert S.load(str(path)).metadata.stanza_problems() == []  # structurally fine, cryptographically not
+    with pytest.raises(S.SopsDecryptError, match="truncated or corrupt"):
+        S.load(str(path)).decrypt([ids[1]])
+    changed, added, removed = S.updatekeys(str(path), [rs], [ids[0]])
+    assert changed and added == {rs[2]} and not removed
+    for ident in ids:
+        assert S.load(str(path)).decrypt([ident]) == {"k": "v"}
+
+
+@pytest.mark.parametrize("damage,problem", [
+    (lambda enc: enc.replace("-----BEGIN AGE ENCRYPTED FILE-----", "garbage"), "not an ASCII-armored age file"),
+    (lambda enc: "\n".join(enc.split("\n")[:2] + enc.split("\n")[3:]), "truncated"),
+    (lambda enc: enc.replace(enc.split("\n")[1], "!" * 64), "base64"),
+    (lambda enc: enc.replace("YWdlLWVu", "YWdmLWVu", 1), "age header"),  # "agf-encryption.org"
+])
+def test_stanza_problems_seen_without_any_identity(tmp_path, damage, problem):
+    path, ids, rs = _three(tmp_path)
+    sf = S.load(str(path))
+    assert sf.metadata.stanza_problems() == []
+    bad = damage(sf.metadata.key_groups[0][1].enc)
+    sf.metadata.key_groups[0][1].enc = bad
+    problems = sf.metadata.stanza_problems()
+    assert len(problems) == 1, problems
+    assert problems[0].group == 0 and problems[0].recipient == rs[1] and problem in problems[0].problem
+    assert rs[1] in str(problems[0]) and "key group 1" in str(problems[0])
+
+
+def test_stanza_problems_one_stanza_of_the_recipients_type(tmp_path):
+    import pyrage
+
+    path, ids, rs = _three(tmp_path)
+    sf = S.load(str(path))
+    two = pyrage.encrypt(b"k" * 32, [pyrage.x25519.Recipient.from_str(r) for r in rs[:2]], armored=True).decode()
+    sf.metadata.key_groups[0][1].enc = two
+    assert "2 stanzas" in sf.metadata.stanza_problems()[0].problem
+    ssh = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBh4FJ8UUDtkNVmR6e1CDP5TgjNYt4jWzjIzJw2TVqzz"
+    sf.metadata.key_groups[0][1] = S.AgeStanza(ssh, sf.metadata.key_groups[0][0].enc)
+    assert "X25519 stanza" in sf.metadata.stanza_problems()[0].problem
+
+
+def test_updatekeys_repairs_a_structurally_broken_stanza_even_when_recipients_stay(tmp_path):
+    path, ids, rs = _three(tmp_path)
+    text = path.read_text()
+    lines = text.split("\n")
+    second = [i for i, line in enumerate(lines) if "BEGIN AGE ENCRYPTED FILE" in line][1]
+    del lines[second + 2]  # a lost line: truncated armor
+    path.write_text("\n".join(lines))
+    assert len(S.load(str(path)).metadata.stanza_problems()) == 1
+    assert S.updatekeys(str(path), [rs[:2]], [ids[0]]) == (True, set(), set())
+    assert S.load(str(path)).metadata.stanza_problems() == []
+    assert S.load(str(path)).decrypt([ids[1]]) == {"k": "v"}
+    assert S.updatekeys(str(path), [rs[:2]], [ids[0]]) == (False, set(), set())
