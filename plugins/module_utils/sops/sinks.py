@@ -103,9 +103,12 @@ class StagedSink:
             sync_staged([tmp for tmp, _ in pending])
         except OSError as exc:
             discard_staged([tmp for tmp, _ in pending])
+            targets = [t for _, t in pending]
+            listing = ", ".join(targets[:5]) + (f" and {len(targets) - 5} more" if len(targets) > 5 else "")
             raise StagedCommitError(
-                f"cannot make the new files durable ({exc.strerror}); nothing was written", exc.filename,
-                [], [t for _, t in pending]) from None
+                f"cannot make the new files durable ({exc.strerror or exc}); nothing was written, every file is "
+                f"as it was ({listing}); fix the cause (free space?) and run again", exc.filename, [], targets,
+            ) from None
         done: list[str] = []
         for tmp, target in pending:
             try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
+import tempfile
 
 import pytest
 from ansible_collections.nixfleet.sops.plugins.module_utils import secrets
@@ -215,3 +217,42 @@ def test_ensure_secrets_one_read_one_decrypt_one_write(tmp_path, monkeypatch):
 
 def test_keyring_is_one_function():
     assert F.keyring is keygroups.keyring is S.keyring
+
+
+# --------------------------------------------------------------------------- a full disk
+def _enospc(*_a, **_k):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as the kernel gives it: no file name
+
+
+def _assert_named_and_untouched(exc, path, before):
+    text = str(exc)
+    assert path in text and "No space left on device" in text and "\n" not in text
+    assert open(path, "rb").read() == before
+    assert [f for f in os.listdir(os.path.dirname(path)) if f.endswith(".tmp")] == []
+
+
+def test_a_full_disk_names_the_file_for_every_sink(path, monkeypatch):
+    before = open(path, "rb").read()
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", _enospc)  # the data did not fit: fsync reports it
+        with pytest.raises(S.SopsError) as info:
+            S.set_value(path, ["user"], "bob", [IDS[0]])
+        _assert_named_and_untouched(info.value, path, before)
+        with pytest.raises(S.SopsError) as info:
+            secrets.ensure_secret(path, ["user"], "bob", identities=[IDS[0]])
+        _assert_named_and_untouched(info.value, path, before)
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkstemp", _enospc)  # not even a temp file fits
+        sf = S.SopsFile.open(path).unlock([IDS[0]])
+        sf.updatekeys([RS])
+        with pytest.raises(S.SopsError) as info:
+            sf.write(S.StagedSink())
+        _assert_named_and_untouched(info.value, path, before)
+    sink = S.StagedSink()
+    sf.write(sink)
+    with monkeypatch.context() as m:
+        m.setattr(sinks, "sync_staged", _enospc)
+        with pytest.raises(S.StagedCommitError) as info:
+            sink.commit()
+    _assert_named_and_untouched(info.value, path, before)
+    assert info.value.done == [] and info.value.left == [os.path.realpath(path)]
