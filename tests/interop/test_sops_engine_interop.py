@@ -395,7 +395,7 @@ def test_duplicate_keys_refused_where_sops_refuses_and_named_where_sops_keeps_th
 
 
 # --------------------------------------------------------------------------- random documents through sops
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x85\u2028\u2029\ufeff"),
@@ -437,6 +437,28 @@ def test_random_yaml_documents_pass_sops(sops_bin, tmp_path_factory, doc, encryp
     assert norm(theirs) == norm(doc)
 
 
+def _has_item_needing_indicator(v) -> bool:
+    if isinstance(v, dict):
+        return any(_has_item_needing_indicator(x) for x in v.values())
+    if isinstance(v, list):
+        return any((isinstance(x, str) and "\n" in x and x[:1] in " \n") or _has_item_needing_indicator(x)
+                   for x in v)
+    return False
+
+
+def test_multiline_list_items_with_a_leading_break_are_written_so_sops_reads_them(sops_bin, tmp_path, keys):
+    """Where yaml.v3 (so sops) writes an unreadable '- |4-', we write the '- |2-' it can read."""
+    doc = {"0": ["\n0", " a\nb"], "m": [{"c": ["\nx\n"]}], "v": "\nkept"}
+    path = str(tmp_path / "lead.yaml")
+    S.encrypt_file(path, doc, [keys["recipients"][:1]], rule_options={"unencrypted_regex": "."})
+    assert b"- |2-\n" in open(path, "rb").read()
+    out = run_sops(sops_bin, ["decrypt", "--output-type", "json", path], keys["files"][0], tmp_path)
+    import json
+
+    assert json.loads(out.stdout) == doc
+    assert S.load(path).decrypt([keys["ids"][0]]) == doc
+
+
 def _num(v):
     if isinstance(v, dict):
         return {k: _num(x) for k, x in v.items()}
@@ -451,6 +473,9 @@ def _num(v):
 @given(doc=_docs, encrypt=st.booleans())
 def test_random_yaml_documents_from_sops(sops_bin, tmp_path_factory, doc, encrypt):
     """sops encrypts random plaintext (with or without encryption of values); we read the same data."""
+    # yaml.v3 writes a multi-line sequence item that starts with a space or line break as '- |4-' with
+    # its text 2 columns past the dash, which neither it nor sops can read back: sops cannot round-trip it.
+    assume(encrypt or not _has_item_needing_indicator(doc))
     tmp = tmp_path_factory.mktemp("h")
     ident = generate_identity()
     key_file = tmp / "k.txt"
