@@ -502,3 +502,108 @@ def test_random_yaml_documents_from_sops(sops_bin, tmp_path_factory, doc, encryp
     # for them on re-encryption: compare ciphertexts only through the layout.
     values = re.compile(rb"ENC\[AES256_GCM,data:[^\]]*,type:(\w+)\]")
     assert values.sub(rb"ENC[\1]", ours) == values.sub(rb"ENC[\1]", enc)
+
+
+# --------------------------------------------------------------------------- age beside PGP, with the real sops and gpg
+@pytest.fixture(scope="module")
+def gpg_home():
+    """A throwaway GnuPG home with one ed25519/cv25519 key (no passphrase); (home, fingerprint)."""
+    if shutil.which("gpg") is None:
+        pytest.fail("gpg is not installed; run `make test` (it installs gnupg)")
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="gpg-")  # short: gpg-agent's socket path has a length limit
+    env = {**os.environ, "GNUPGHOME": home}
+    gen = ["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
+    subprocess.run([*gen, "--quick-gen-key", "nixfleet test <test@example.org>", "ed25519", "cert,sign", "never"],
+                   env=env, check=True, capture_output=True, timeout=60)
+    out = subprocess.run(["gpg", "--batch", "--list-keys", "--with-colons"], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    fp = next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
+    subprocess.run([*gen, "--quick-add-key", fp, "cv25519", "encr", "never"], env=env, check=True,
+                   capture_output=True, timeout=60)
+    yield home, fp
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True, timeout=30)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def run_sops_gpg(sops_bin, args, key_file, cwd, gnupghome, check=True):
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cwd), "SOPS_DISABLE_VERSION_CHECK": "1",
+           "SOPS_AGE_KEY_FILE": key_file, "GNUPGHOME": gnupghome}
+    proc = subprocess.run([sops_bin, *args], capture_output=True, env=env, cwd=cwd, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sops {' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
+    return proc
+
+
+_PGP_ARMOR = re.compile(r"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", re.S)
+_CREATED = re.compile(r'(created_at["\s:=]+)"?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"?')
+
+
+def normalise_all(text: bytes) -> str:
+    return _CREATED.sub(r"\1<T>", _PGP_ARMOR.sub("<PGP>", normalise(text)))
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json", "dotenv", "ini"])
+def test_age_and_pgp_in_one_group_rekeyed_by_us_still_open_with_either(sops_bin, tmp_path, keys, gpg_home, fmt):
+    home, fp = gpg_home
+    r = keys["recipients"]
+    fname, content = FORMATS[fmt]
+    src = tmp_path / ("plain-" + fname)
+    src.write_bytes(content)
+    enc = run_sops_gpg(sops_bin, ["encrypt", "--age", r[0], "--pgp", fp, "--input-type", fmt, "--output-type", fmt,
+                                  str(src)], keys["files"][0], tmp_path, home).stdout
+    path = tmp_path / fname
+    path.write_bytes(enc)
+    sf = S.load(str(path))
+    assert sf.recipients == [[r[0]]] and sf.metadata.foreign_keys == [{"pgp": [fp]}]
+    plain = sf.decrypt([keys["ids"][0]])
+    # The rule now names a second age recipient beside the same age and PGP keys.
+    assert S.updatekeys(str(path), [[r[0], r[1]]], [keys["ids"][0]], foreign=[{"pgp": [fp]}]) == (
+        True, {r[1]}, set())
+    empty_home = tmp_path / "no-gpg"
+    empty_home.mkdir(mode=0o700, exist_ok=True)
+    # The PGP key alone (the age key file holds an unrelated identity) ...
+    by_pgp = run_sops_gpg(sops_bin, ["decrypt", "--input-type", fmt, "--output-type", fmt, str(path)],
+                          keys["files"][2], tmp_path, home).stdout
+    # ... and the new age key alone (no GnuPG key at all) both open it, to the same plaintext.
+    by_age = run_sops_gpg(sops_bin, ["decrypt", "--input-type", fmt, "--output-type", fmt, str(path)],
+                          keys["files"][1], tmp_path, str(empty_home)).stdout
+    assert by_pgp == by_age
+    assert same(fmt, parse_plain(fmt, by_age), plain)
+    assert run_sops_gpg(sops_bin, ["decrypt", "--input-type", fmt, str(path)], keys["files"][2], tmp_path,
+                        str(empty_home), check=False).returncode != 0
+
+
+def test_pgp_kept_or_dropped_like_sops_updatekeys(sops_bin, tmp_path, keys, gpg_home):
+    home, fp = gpg_home
+    r = keys["recipients"]
+    src = tmp_path / "plain.yaml"
+    src.write_bytes(FORMATS["yaml"][1])
+    enc = run_sops_gpg(sops_bin, ["encrypt", "--age", r[0], "--pgp", fp, str(src)], keys["files"][0], tmp_path,
+                       home).stdout
+    for n, (age_rule, pgp_rule) in enumerate([([r[0], r[1]], [fp]), ([r[1]], [])]):
+        work = tmp_path / f"w{n}"
+        work.mkdir()
+        ours, theirs = work / "ours.yaml", work / "theirs.yaml"
+        ours.write_bytes(enc)
+        theirs.write_bytes(enc)
+        rule = f"creation_rules:\n  - age: {','.join(age_rule)}\n" + (f"    pgp: {pgp_rule[0]}\n" if pgp_rule else "")
+        (work / ".sops.yaml").write_text(rule)
+        run_sops_gpg(sops_bin, ["updatekeys", "-y", str(theirs)], keys["files"][0], work, home)
+        changed, added, removed = S.updatekeys(str(ours), [age_rule], [keys["ids"][0]], foreign=[{"pgp": pgp_rule}])
+        assert changed and added == set(age_rule) - {r[0]}
+        assert removed == (set() if pgp_rule else {r[0], "pgp:" + fp})
+        # Our file is sops' own, the wrapped keys and the PGP entry's creation time aside.
+        assert normalise_all(ours.read_bytes()) == normalise_all(theirs.read_bytes())
+        no_pgp = run_sops_gpg(sops_bin, ["decrypt", str(ours)], keys["files"][2], work, home, check=False)
+        assert (no_pgp.returncode == 0) == bool(pgp_rule)
+        run_sops_gpg(sops_bin, ["decrypt", str(ours)], keys["files"][1], work, str(work))
+    # A PGP key the file does not have: only sops can add it.
+    other = tmp_path / "other.yaml"
+    other.write_bytes(enc)
+    with pytest.raises(S.SopsError, match="sops updatekeys"):
+        S.updatekeys(str(other), [[r[0]]], [keys["ids"][0]], foreign=[{"pgp": [fp, "0" * 40]}])
+    with pytest.raises(S.SopsError, match="sops rotate"):
+        S.rotate(str(other), [keys["ids"][0]])
+    assert other.read_bytes() == enc

@@ -3,8 +3,12 @@
 """Native sops engine: read and write sops files without the sops binary.
 
 Everything written here is what sops 3.11 writes (same layout per format,
-same MAC, same value encoding) and everything sops writes can be read. Only
-age master keys are handled.
+same MAC, same value encoding) and everything sops writes can be read. The
+data key is wrapped and unwrapped with age only; master keys of other kinds
+(pgp, kms, gcp_kms, hckms, azure_kv, hc_vault), in a key group beside age or
+alone, are kept entry for entry as sops wrote them (updatekeys keeps the data
+key, so they stay valid), and what only they could do (add one, rotate) is
+refused naming the real sops command that can.
 
 It has sops' own shape: a store per format (``stores``), the metadata
 (``metadata``), a file opened once and changed in memory (``file``), and the
@@ -15,15 +19,18 @@ Public API (plain Python, no Ansible):
 ``SopsFile.open(path, fmt=None) -> SopsFile``
     Read the file once and parse its metadata only (cheap). ``SopsFile(path,
     data, fmt=None)`` does the same from bytes already read.
-``SopsFile.create(path, key_groups, rule_options=None, shamir_threshold=None, fmt=None) -> SopsFile``
+``SopsFile.create(path, key_groups, rule_options=None, shamir_threshold=None, fmt=None, foreign=None) -> SopsFile``
     A new, empty file with a new data key (nothing on disk until ``write``).
     ``rule_options`` takes sops' rule names (unencrypted_suffix,
-    encrypted_regex, mac_only_encrypted, …).
+    encrypted_regex, mac_only_encrypted, …); ``foreign`` must name no other
+    master key (only the real sops can wrap a new key for one).
 On a ``SopsFile`` (``sf``):
     ``sf.recipients`` (age recipients per key group), ``sf.metadata``
     (``Metadata``; ``.stanza_problems() -> [StanzaProblem(group, recipient,
     problem)]`` checks every age stanza's structure without any identity:
-    armor, age header, one stanza of the recipient's type, base64, sizes),
+    armor, age header, one stanza of the recipient's type, base64, sizes;
+    ``.foreign_keys -> [{kind: [identifier]}]`` per key group and
+    ``.has_foreign_keys()`` for the other master keys),
     ``sf.format``, ``sf.store`` (``Store``).
     ``sf.unlock(identities=None) -> sf``: the identities that open the data
     key; it is unwrapped on first need, once, and kept (a metadata-only
@@ -32,10 +39,16 @@ On a ``SopsFile`` (``sf``):
     ``sf.tree -> dict`` (the first document), ``sf.get(keypath)``,
     ``sf.set(keypath, value) -> bool``, ``sf.unset(keypath) -> bool``,
     ``sf.replace(data) -> bool`` (whole content; bytes for binary files),
-    ``sf.updatekeys(key_groups, shamir_threshold=None) -> (changed, added, removed)``
-    (same data key; when the groups or threshold differ, or a kept
-    recipient's stanza is structurally broken, every stanza is wrapped
-    afresh, as sops does, which repairs a corrupt one), ``sf.rotate()`` (new data
+    ``sf.updatekeys(key_groups, shamir_threshold=None, foreign=None) -> (changed, added, removed)``
+    (same data key; when the groups or threshold differ, another master key
+    goes, or a kept recipient's stanza is structurally broken, every age
+    stanza is wrapped afresh, as sops does, which repairs a corrupt one).
+    ``foreign`` is per key group ``{kind: [identifier]}`` as ``.sops.yaml``
+    names them (pgp fingerprint, kms ARN[+role], gcp_kms resource id,
+    azure_keyvault URL, hc_vault_transit_uri, hckms key id): kept when the file
+    has them, dropped (``removed`` gets ``"kind:id"``) when the rule no longer
+    names them, refused when the file lacks one; None keeps them all.
+    ``sf.rotate()`` (new data
     key), ``sf.changed``, ``sf.encode() -> bytes`` (values encrypted again only
     when they changed, unchanged ones keep their ciphertexts; after updatekeys
     alone only the metadata block is replaced and every other byte is kept),
@@ -58,8 +71,8 @@ The verbs of the sops CLI, each opening the file once and writing at most once
     ``set_value(path, keypath, value, identities=None, create_for=None, rule_options=None, dry_run=False,
     sink=None) -> bool``;
     ``unset_value(path, keypath, identities=None, dry_run=False, sink=None) -> bool``;
-    ``updatekeys(path, key_groups, identities=None, shamir_threshold=None, dry_run=False, sink=None)
-    -> (changed, added, removed)``;
+    ``updatekeys(path, key_groups, identities=None, shamir_threshold=None, dry_run=False, sink=None,
+    foreign=None) -> (changed, added, removed)``;
     ``rotate(path, identities=None, dry_run=False, sink=None) -> bytes``.
 Identities: ``find_identities(env=os.environ, explicit=()) -> (identities, searched)``
     searches where sops looks (SOPS_AGE_SSH_PRIVATE_KEY_FILE, ~/.ssh/id_ed25519,

@@ -13,6 +13,7 @@ import copy
 import os
 from typing import Any
 
+from . import foreign as fk
 from .cipher import Stash, decrypt_tree, seal
 from .errors import SopsError, SopsKeyPathError, SopsNotEncryptedError
 from .keygroups import Identities, keyring, recover_key, shares_for, validate_groups, wrap_groups
@@ -115,13 +116,22 @@ class SopsFile:
         rule_options: dict[str, Any] | None = None,
         shamir_threshold: int | None = None,
         fmt: str | None = None,
+        foreign: list[dict[str, Any]] | None = None,
     ) -> SopsFile:
         """A new, empty sops file for ``key_groups`` (nothing is written until ``write``).
 
         ``rule_options`` takes sops' rule names (unencrypted_suffix,
         encrypted_regex, mac_only_encrypted, …). A new data key is made here;
-        fill the file with ``set`` or ``replace``.
+        fill the file with ``set`` or ``replace``. ``foreign`` (other master
+        keys, as for updatekeys) must name none: only the real sops can wrap
+        a new data key for them.
         """
+        wanted = fk.normalize(foreign, len(key_groups), path) or []
+        if any(wanted):
+            names = ", ".join(f"{k}:{i}" for g in wanted for k, ids in g.items() for i in ids)
+            raise SopsError(
+                f"the rule also names {names}, for which this engine cannot wrap a data key (only age "
+                "recipients); create the file with the real sops: sops encrypt", path)
         sf = cls.__new__(cls)
         sf._setup(path, fmt)
         groups = validate_groups(key_groups, path)
@@ -268,51 +278,78 @@ class SopsFile:
 
     # ----------------------------------------------------------------- keys of the file
     def updatekeys(
-        self, key_groups: list[list[str]], shamir_threshold: int | None = None
+        self,
+        key_groups: list[list[str]],
+        shamir_threshold: int | None = None,
+        foreign: list[dict[str, Any]] | None = None,
     ) -> tuple[bool, set[str], set[str]]:
         """Wrap the same data key for ``key_groups`` (``sops updatekeys -y``).
 
         Something changes when the recipients per group or the threshold
-        differ, or when the ``enc`` of a recipient that stays is structurally
-        broken (Metadata.stanza_problems). Then every stanza is wrapped afresh,
-        as sops does, which also repairs a corrupt one. Values, ``mac`` and
-        ``lastmodified`` stay; only the metadata block changes (every other byte
-        of the file is kept). The data key is unwrapped only when something
-        changes. Returns (changed, added recipients, removed recipients).
+        differ, when an other master key goes, or when the ``enc`` of a
+        recipient that stays is structurally broken (Metadata.stanza_problems).
+        Then every age stanza is wrapped afresh, as sops does, which also
+        repairs a corrupt one. Values, ``mac`` and ``lastmodified`` stay; only
+        the metadata block changes (every other byte of the file is kept). The
+        data key is unwrapped (from age stanzas) only when something changes.
+
+        ``foreign`` gives the other master keys the rule names, per key group:
+        ``{"pgp": [fingerprint], "kms": [arn], "gcp_kms": [resource id],
+        "azure_kv": [url], "hc_vault": [uri], …}`` (``.sops.yaml`` spellings
+        too). Those the file has stay as sops wrote them (the data key does not
+        change, so they stay valid); those it no longer names are dropped; one
+        it does not have is refused (only the real sops can wrap for it). None:
+        keep each group's other master keys as they are.
+
+        Returns (changed, added recipients, removed recipients and ``kind:id``).
         """
         meta = self.metadata
-        if meta.has_foreign_keys():
+        kept, dropped, missing = fk.plan(meta.foreign, len(key_groups),
+                                         fk.normalize(foreign, len(key_groups), self.path))
+        if missing:
             raise SopsError(
-                "the file has non-age master keys (pgp, kms, …); the native engine only handles age", self.path)
-        groups = validate_groups(key_groups, self.path)
+                f"the rule adds {', '.join(missing)}, for which this engine cannot wrap the data key (only age "
+                f"recipients); add it with the real sops: sops updatekeys {self.path}", self.path)
+        groups = validate_groups(key_groups, self.path, [bool(g) for g in kept])
         old_sets = [set(g) for g in meta.recipients]
         new_sets = [set(g) for g in groups]
         old_all = set().union(*old_sets) if old_sets else set()
         new_all = set().union(*new_sets)
         threshold = min(shamir_threshold or meta.shamir_threshold, len(groups))
         broken = any(p.group < len(groups) and p.recipient in groups[p.group] for p in meta.stanza_problems())
-        if old_sets == new_sets and threshold == meta.shamir_threshold and not broken:
+        if old_sets == new_sets and threshold == meta.shamir_threshold and not broken and not dropped:
             return False, set(), set()
         key = self.data_key()
         if len(groups) > 1 and threshold < 2:
             threshold = len(groups) if not shamir_threshold else threshold
             if threshold < 2:
                 raise SopsError("several key groups need a shamir_threshold of at least 2", self.path)
-        shares, _ = shares_for(key, len(groups), threshold, meta, self._parts)
+        shares, same = shares_for(key, len(groups), threshold, meta, self._parts)
+        if not same and any(kept):
+            raise SopsError(
+                f"the file keeps {fk.describe(kept)}, but the key groups' shares of the data key change with the "
+                "number of key groups or the shamir threshold, and only the real sops can wrap the new shares for "
+                f"them: sops updatekeys {self.path}", self.path)
         new_meta = copy.copy(meta)
         new_meta.shamir_threshold = threshold
         new_meta.key_groups = wrap_groups(shares, groups)
+        new_meta.foreign = kept
         self.metadata = new_meta
         self._metadata_changed = True
         self._encoded = None
-        return True, new_all - old_all, old_all - new_all
+        return True, new_all - old_all, (old_all - new_all) | set(dropped)
 
     def rotate(self) -> None:
-        """New data key, every value encrypted again, new MAC and lastmodified (``sops rotate``)."""
+        """New data key, every value encrypted again, new MAC and lastmodified (``sops rotate``).
+
+        A file that also has other master keys (pgp, kms, …) is refused: the
+        new key would have to be wrapped for them too.
+        """
         meta = self.metadata
         if meta.has_foreign_keys():
             raise SopsError(
-                "the file has non-age master keys (pgp, kms, …); the native engine only handles age", self.path)
+                f"the file also has {fk.describe(meta.foreign)}: a new data key must be wrapped for them too, which "
+                f"only the real sops can do: sops rotate -i {self.path}", self.path)
         self.documents()  # decrypted with the old key before it is replaced
         key = os.urandom(32)
         threshold = meta.shamir_threshold or len(meta.key_groups)
@@ -448,10 +485,11 @@ def updatekeys(
     shamir_threshold: int | None = None,
     dry_run: bool = False,
     sink: Sink | None = None,
+    foreign: list[dict[str, Any]] | None = None,
 ) -> tuple[bool, set[str], set[str]]:
     """``sops updatekeys -y`` on one file (see SopsFile.updatekeys); ``sink`` receives the new bytes."""
     sf = SopsFile.open(path).unlock(identities)
-    result = sf.updatekeys(key_groups, shamir_threshold)
+    result = sf.updatekeys(key_groups, shamir_threshold, foreign)
     sf.write(_sink(dry_run, sink))
     return result
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..age import AgeKeyError, validate_recipient
+from . import foreign as fk
 from . import shamir
 from .errors import SopsDecryptError, SopsError, SopsNoIdentityError
 from .keys import Keyring, find_identities, wrap
@@ -44,9 +45,15 @@ def _valid_recipient(r: str) -> str:
     return r
 
 
-def validate_groups(key_groups: list[list[str]], path: str | None) -> list[list[str]]:
-    """Key groups of valid recipients, duplicates within a group dropped; SopsError naming ``path``."""
-    if not key_groups or not all(key_groups):
+def validate_groups(
+    key_groups: list[list[str]], path: str | None, covered: list[bool] | None = None
+) -> list[list[str]]:
+    """Key groups of valid recipients, duplicates within a group dropped; SopsError naming ``path``.
+
+    A group may be empty only where ``covered`` says other master keys hold its share.
+    """
+    covered = covered or []
+    if not key_groups or not all(g or (i < len(covered) and covered[i]) for i, g in enumerate(key_groups)):
         raise SopsError("at least one non-empty key group of age recipients is needed", path)
     out = []
     for group in key_groups:
@@ -89,12 +96,18 @@ def recover_key(meta: Metadata, kr: Keyring, path: str | None) -> tuple[bytes, d
                 "the age-encrypted data key for recipient(s) " + ", ".join(corrupt)
                 + " cannot be decrypted although the matching identity is available: the 'enc' block "
                 "is truncated or corrupt", path)
-        listing = "; ".join(f"group {i + 1}: " + ", ".join(g) for i, g in enumerate(meta.recipients))
+        listing = "; ".join(f"group {i + 1}: " + (", ".join(g) or "no age recipient")
+                            for i, g in enumerate(meta.recipients))
         where = "; ".join(kr.searched) or "nowhere (no identity given)"
         what = "no identity can open the data key" if groups == 1 else (
             f"identities open {len(parts)} of {groups} key groups, {need} needed")
+        other = ""
+        if meta.has_foreign_keys():
+            # Those keys may well open the file, but not here: say so instead of asking for an age identity.
+            other = (f". The file also has {fk.describe(meta.foreign)}, which this engine cannot use (only age): "
+                     f"the real sops can (e.g. sops updatekeys {path or 'FILE'})")
         raise SopsNoIdentityError(
-            f"{what}. The file's recipients are: {listing}. Identities were searched in: {where}",
+            f"{what}. The file's recipients are: {listing}{other}. Identities were searched in: {where}",
             path, recipients=meta.recipients, searched=list(kr.searched))
     if groups == 1:
         key = parts[0]
