@@ -143,7 +143,7 @@ class SopsFile:
         sf.spans = []
         sf.metadata = Metadata(key_groups=wrap_groups(shares, groups), version=SOPS_VERSION,
                                shamir_threshold=threshold, rules=rules)
-        sf._key = key
+        sf._key, sf._parts = key, dict(enumerate(shares))
         sf._plain = sf.store.to_documents(b"" if not sf.store.structured else {}, path)
         sf._values_changed = True
         return sf
@@ -225,7 +225,8 @@ class SopsFile:
 
     def _keypath(self, keypath: list[str | int], verb: str) -> list[str | int]:
         if not self.store.structured:
-            raise SopsError(f"binary files hold no key paths; use replace() to {verb} their content", self.path)
+            raise SopsError("binary files hold no key paths; decrypt() and replace() take their whole content",
+                            self.path)
         if not keypath:
             raise SopsKeyPathError(f"an empty key path cannot be {verb}", self.path)
         if isinstance(keypath[0], int):
@@ -335,6 +336,7 @@ class SopsFile:
         new_meta.key_groups = wrap_groups(shares, groups)
         new_meta.foreign = kept
         self.metadata = new_meta
+        self._parts = dict(enumerate(shares))  # what the new groups hold, for a later change
         self._metadata_changed = True
         self._encoded = None
         return True, new_all - old_all, (old_all - new_all) | set(dropped)
@@ -355,7 +357,7 @@ class SopsFile:
         threshold = meta.shamir_threshold or len(meta.key_groups)
         shares, _ = shares_for(key, len(meta.key_groups), threshold)
         meta.key_groups = wrap_groups(shares, meta.recipients)
-        self._key, self._parts, self._stash = key, {}, {}
+        self._key, self._parts, self._stash = key, dict(enumerate(shares)), {}
         self._touch_values()
 
     # ----------------------------------------------------------------- output

@@ -58,6 +58,7 @@ class Metadata:
 
     @property
     def recipients(self) -> list[list[str]]:
+        """Age recipients per key group, in file order."""
         return [[s.recipient for s in g] for g in self.key_groups]
 
     def has_foreign_keys(self) -> bool:

@@ -48,6 +48,7 @@ class FileSink:
         self.written: list[str] = []
 
     def write(self, path: str, data: bytes) -> None:
+        """Replace ``path`` now; SopsError naming the file when that fails (the file stays as it was)."""
         try:
             atomic_write(path, data)
         except OSError as exc:
@@ -62,6 +63,7 @@ class NullSink:
         self.written: dict[str, bytes] = {}
 
     def write(self, path: str, data: bytes) -> None:
+        """Remember what would be written to ``path``."""
         self.written[path] = data
 
 
@@ -85,6 +87,7 @@ class StagedSink:
         self.staged: list[tuple[str, str]] = list(staged or [])
 
     def write(self, path: str, data: bytes) -> None:
+        """Stage ``data`` in a temp beside ``path``; nothing is visible until commit()."""
         try:
             target = resolve_write_target(path)
             tmp = stage_write(path, data, sync=False)

@@ -53,6 +53,7 @@ class StructuredStore:
     reserved_prefix = ""  # dotenv keeps metadata as sops_… lines, so such keys are reserved too
 
     def to_documents(self, data: Any, path: str | None = None) -> list[dict]:
+        """Mappings as documents: one (several for YAML), none using the reserved ``sops`` key."""
         docs = data if isinstance(data, list) else [data]
         if not all(isinstance(d, dict) for d in docs):
             raise SopsError(f"{self.name} files hold a mapping at the top level", path)
@@ -65,6 +66,7 @@ class StructuredStore:
         return docs
 
     def from_documents(self, docs: list[dict], path: str | None = None) -> Any:
+        """The first document."""
         return docs[0] if docs else {}
 
 

@@ -31,4 +31,5 @@ class BinaryStore(JsonStore):
         return value.encode("utf-8", "surrogateescape")
 
     def emit_plain(self, docs: list[dict]) -> bytes:
+        """The file's own bytes."""
         return self.from_documents(docs)

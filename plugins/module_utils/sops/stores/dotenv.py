@@ -89,6 +89,7 @@ class DotenvStore(StructuredStore):
         return "".join(f"{PREFIX}{k}={flat[k]}\n" for k in sorted(flat)).encode("utf-8")
 
     def emit(self, docs: list[dict], metadata: dict[str, Any]) -> bytes:
+        """The whole encrypted file: the values, then the ``sops_…`` lines."""
         return self.emit_plain(docs) + self.emit_metadata(metadata)
 
     def find_metadata(self, data: bytes, path: str | None = None) -> tuple[list[tuple[int, int]], dict | None]:

@@ -203,12 +203,15 @@ class IniStore(StructuredStore):
         return [doc], meta
 
     def emit_plain(self, docs: list[dict]) -> bytes:
+        """The plain INI file (what ``sops decrypt`` prints)."""
         return _render(_sections(docs[0] if docs else {})).encode("utf-8", "surrogateescape")
 
     def emit_metadata(self, metadata: dict[str, Any]) -> bytes:
+        """The ``[sops]`` section (keys sorted; sops writes them in Go map order)."""
         return ("\n".join(_section("sops", None, _meta_keys(metadata))) + "\n").encode("utf-8")
 
     def emit(self, docs: list[dict], metadata: dict[str, Any]) -> bytes:
+        """The whole encrypted file: the sections, then ``[sops]``."""
         sections = _sections(docs[0] if docs else {}) + [("sops", None, _meta_keys(metadata))]
         return _render(sections).encode("utf-8", "surrogateescape")
 

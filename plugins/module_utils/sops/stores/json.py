@@ -156,6 +156,7 @@ def _duplicate_error(text: str, path: str | None) -> SopsFormatError:
 
 
 def loads(text: str, path: str | None = None) -> Any:
+    """Parse JSON keeping key order; SopsFormatError naming the line of a duplicate key."""
     try:
         return pyjson.loads(text, object_pairs_hook=_pairs)
     except _DuplicateKey:
@@ -199,6 +200,7 @@ class JsonStore(StructuredStore):
         return (dumps(full) + "\n").encode("utf-8", "surrogateescape")
 
     def emit_plain(self, docs: list[dict]) -> bytes:
+        """The plain JSON file (what ``sops decrypt`` prints)."""
         return (dumps(docs[0] if docs else {}) + "\n").encode("utf-8", "surrogateescape")
 
     def find_metadata(self, data: bytes, path: str | None = None) -> tuple[list[tuple[int, int]], dict | None]:

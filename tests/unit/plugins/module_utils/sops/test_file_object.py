@@ -256,3 +256,15 @@ def test_a_full_disk_names_the_file_for_every_sink(path, monkeypatch):
             sink.commit()
     _assert_named_and_untouched(info.value, path, before)
     assert info.value.done == [] and info.value.left == [os.path.realpath(path)]
+
+
+def test_two_key_changes_on_one_open_file(tmp_path):
+    """The second updatekeys works from the shares the first one made, not the file's old ones."""
+    p = str(tmp_path / "g.yaml")
+    S.encrypt_file(p, DATA, [RS[:1], RS[1:2]], shamir_threshold=2)
+    sf = S.SopsFile.open(p).unlock(IDS[:2])
+    assert sf.updatekeys([RS[:1], RS[1:2], RS[2:3]], shamir_threshold=2)[0]  # a third group: split afresh
+    assert sf.updatekeys([RS[:2], RS[1:2], RS[2:3]])[0]  # same groups: shares kept
+    sf.write()
+    for pair in ((0, 1), (0, 2), (1, 2)):
+        assert S.load(p).decrypt([IDS[i] for i in pair]) == DATA

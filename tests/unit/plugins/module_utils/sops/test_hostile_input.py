@@ -259,3 +259,23 @@ def test_updatekeys_repairs_a_structurally_broken_stanza_even_when_recipients_st
     assert S.load(str(path)).metadata.stanza_problems() == []
     assert S.load(str(path)).decrypt([ids[1]]) == {"k": "v"}
     assert S.updatekeys(str(path), [rs[:2]], [ids[0]]) == (False, set(), set())
+
+
+def test_a_fleet_rekey_repairs_a_host_whose_stanza_is_broken(tmp_path, sops_bin):
+    """Nothing changed in .sops.yaml, but alpha's stanza lost a line: rekey (check mode too) sees it and repairs."""
+    from ansible_collections.nixfleet.sops.plugins.module_utils import fleet
+
+    from tests.lib.secrets_repo import make_repo, sops_decrypt
+
+    repo = make_repo(str(tmp_path), hosts=("alpha", "beta"), git=False)
+    path = repo.file("sops/alpha.yaml")
+    lines = open(path).read().split("\n")
+    second = [i for i, line in enumerate(lines) if "BEGIN AGE ENCRYPTED FILE" in line][1]
+    del lines[second + 2]
+    open(path, "w").write("\n".join(lines))
+    assert sops_decrypt(sops_bin, path, repo.keyfile("alpha")).returncode != 0
+    assert fleet.rekey(repo.path, [repo.identities["admin"]], check_mode=True).changed_files == ["sops/alpha.yaml"]
+    assert fleet.rekey(repo.path, [repo.identities["admin"]]).changed_files == ["sops/alpha.yaml"]
+    out = sops_decrypt(sops_bin, path, repo.keyfile("alpha"))
+    assert out.returncode == 0, out.stderr
+    assert fleet.rekey(repo.path, [repo.identities["admin"]], check_mode=True).changed_files == []
