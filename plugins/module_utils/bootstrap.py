@@ -247,10 +247,10 @@ def ensure_host_keys(
         if not check_mode:
             config.save()
 
-    # 3. secrets (a dry run still decides changed exactly as a real run)
-    def put(path: str, rel: str, keypath: list[str], value: str) -> None:
-        change = secrets.ensure_secret(path, keypath, value, identities=kr, config=cfg_path, dry_run=check_mode)
-        if change.changed:
+    # 3. secrets (a dry run still decides changed exactly as a real run); one write per file
+    def put(path: str, rel: str, values: dict[tuple[str, ...], str]) -> None:
+        changes = secrets.ensure_secrets(path, values, identities=kr, config=cfg_path, dry_run=check_mode)
+        if any(c.changed for c in changes):
             res.touch(rel)
 
     if check_mode and config.text != res.config_before:
@@ -260,11 +260,10 @@ def ensure_host_keys(
         res.touch(spec.host_file)
     else:
         make_dirs(os.path.dirname(host_key_path), 0o755)
-        put(host_key_path, spec.host_key_file, [HOST_KEY_NAME], host_kp.private_pem.decode())
-        put(host_key_path, spec.host_key_file, [HOST_KEY_NAME + ".pub"], host_kp.public_line)
-        put(host_file_path, spec.host_file, ["keys", "age"], user_identity)
-        for name, kp in deploy.items():
-            put(host_file_path, spec.host_file, ["deploy-keys", name], kp.private_pem.decode())
+        put(host_key_path, spec.host_key_file, {(HOST_KEY_NAME,): host_kp.private_pem.decode(),
+                                                 (HOST_KEY_NAME + ".pub",): host_kp.public_line})
+        put(host_file_path, spec.host_file, {("keys", "age"): user_identity, **{
+            ("deploy-keys", name): kp.private_pem.decode() for name, kp in deploy.items()}})
 
     # 4. rekey what the new rules changed, record the keys
     rk = plan if check_mode else fleet.rekey(repo, kr.identities if kr else None)

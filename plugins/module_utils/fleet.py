@@ -35,7 +35,6 @@ from .fsutil import (
     discard_staged,
     fsync_dir,
     remove_stale_temps,
-    stage_write,
     sync_staged,
     walk_files,
 )
@@ -217,16 +216,6 @@ def _keyring(identities: tuple[str, ...] | None) -> Any:
     return kr
 
 
-def _stage(staged: list[tuple[str, str]]) -> Callable[[str, bytes], None]:
-    """A writer for the engine that stages (temp beside the file, fsynced) instead of replacing."""
-
-    def write(path: str, data: bytes) -> None:
-        # Not fsynced here: _finish makes all temps durable at once before renaming any.
-        staged.append((stage_write(path, data, sync=False), os.path.realpath(path)))
-
-    return write
-
-
 def _rekey_one(job: tuple[str, list[list[str]] | None, int | None, tuple[str, ...] | None, bool]) -> dict[str, Any]:
     """Plan one file and, unless checking, stage its new version (nothing visible yet).
 
@@ -234,40 +223,46 @@ def _rekey_one(job: tuple[str, list[list[str]] | None, int | None, tuple[str, ..
     cost of a fleet rekey happens here, in a worker process.
     """
     path, groups, threshold, identities, check_mode = job
-    staged: list[tuple[str, str]] = []
+    sink = engine.NullSink() if check_mode else engine.StagedSink()
     try:
+        sf = engine.SopsFile.open(path)
         if groups is None:
-            engine.load(path)
             return {"status": "no_rule"}
-        changed, added, removed = engine.updatekeys(
-            path, groups, _keyring(identities), shamir_threshold=threshold, dry_run=check_mode, write=_stage(staged)
-        )
+        changed, added, removed = sf.unlock(_keyring(identities)).updatekeys(groups, shamir_threshold=threshold)
+        sf.write(sink)
     except engine.SopsNotEncryptedError:
         return {"status": "not_sops"}
     except engine.SopsError as exc:
-        discard_staged([tmp for tmp, _ in staged])
+        _discard(sink)
         return {"status": "failed", "error": exc.message}
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop a fleet run
-        discard_staged([tmp for tmp, _ in staged])
+        _discard(sink)
         return {"status": "failed", "error": f"{path}: {type(exc).__name__}: {exc}"}
     if not changed:
         return {"status": "unchanged"}
-    return {"status": "changed", "added": sorted(added), "removed": sorted(removed), "staged": staged}
+    return {"status": "changed", "added": sorted(added), "removed": sorted(removed),
+            "staged": getattr(sink, "staged", [])}
+
+
+def _discard(sink: Any) -> None:
+    if isinstance(sink, engine.StagedSink):
+        sink.discard()
 
 
 def _rotate_one(job: tuple[str, tuple[str, ...] | None, bool]) -> dict[str, Any]:
     path, identities, check_mode = job
-    staged: list[tuple[str, str]] = []
+    sink = engine.NullSink() if check_mode else engine.StagedSink()
     try:
-        out = engine.rotate(path, _keyring(identities), dry_run=True)
-        if not check_mode:
-            _stage(staged)(path, out)
+        sf = engine.SopsFile.open(path).unlock(_keyring(identities))
+        sf.rotate()
+        sf.write(sink)
     except engine.SopsError as exc:
+        _discard(sink)
         return {"status": "failed", "error": exc.message}
     except Exception as exc:  # noqa: BLE001
-        discard_staged([tmp for tmp, _ in staged])
+        _discard(sink)
         return {"status": "failed", "error": f"{path}: {type(exc).__name__}: {exc}"}
-    return {"status": "changed", "staged": staged}
+    return {"status": "changed", "staged": getattr(sink, "staged", [])}
 
 
 # --------------------------------------------------------------------------- results

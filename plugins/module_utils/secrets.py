@@ -14,15 +14,15 @@ name files and key paths only.
 
 from __future__ import annotations
 
-import copy
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import sops as engine
 from .sops.file import Identities
-from .sops.tree import comparable, get_path, set_path, strip_comments, unset_path
+from .sops.tree import comparable, display_key_path, get_path, strip_comments
 from .sops_config import SopsConfig, SopsConfigError
 
 CONFIG_NAME = ".sops.yaml"
@@ -81,11 +81,6 @@ def _parse_key_string(key: str, path: str | None) -> KeyPath:
             pos = m.end()
         return out
     return list(key.split("/")) if key else []
-
-
-def display_key_path(keypath: KeyPath) -> str:
-    """A key path as users write it: keys joined by ``/``, list indexes as ``[n]``."""
-    return "/".join(f"[{p}]" if isinstance(p, int) else p for p in keypath)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -224,7 +219,8 @@ def _diff_or_key(before: Any, after: Any, keypath: KeyPath, fallback: str) -> li
     return changed_key_paths(before, after) or [(list(keypath), fallback)]
 
 
-def _create(path: str, keypath: KeyPath, value: Any, config: str | None, dry_run: bool) -> SecretChange:
+def _new_for_rule(path: str, config: str | None) -> engine.SopsFile:
+    """An empty sops file for the creation rule of ``path`` in ``config`` (or the nearest .sops.yaml)."""
     fmt = engine.format_for_path(path)
     if fmt == "binary":
         raise engine.SopsError(
@@ -251,11 +247,76 @@ def _create(path: str, keypath: KeyPath, value: Any, config: str | None, dry_run
         raise engine.SopsError(
             f"cannot create it: {rule.describe()} in {config} (line {rule.line}) names no age recipient "
             "(in at least one key group)", path)
-    tree, _ = set_path({}, list(keypath), value)
     options = {k: v for k, v in rule.fields.items() if v not in (None, "", False)}
-    engine.encrypt_file(path, tree, rule.key_groups, options or None, rule.shamir_threshold, dry_run=dry_run)
-    return SecretChange(path=path, key=list(keypath), state="present", changed=True, created=True,
-                        changes=_diff_or_key({}, strip_comments(tree), keypath, "added"))
+    return engine.SopsFile.create(path, rule.key_groups, options or None, rule.shamir_threshold)
+
+
+def _items(values: Mapping[Any, Any] | Iterable[tuple[Any, Any]], path: str) -> list[tuple[KeyPath, Any]]:
+    pairs = values.items() if isinstance(values, Mapping) else values
+    out = []
+    for key, value in pairs:
+        if isinstance(key, (list, tuple)) and not key:
+            raise engine.SopsKeyPathError("invalid key path: it is empty", path)
+        out.append((parse_key_path(list(key) if isinstance(key, tuple) else key, path), value))
+    if not out:
+        raise engine.SopsKeyPathError("no key path given", path)
+    return out
+
+
+def ensure_secrets(
+    path: str,
+    values: Mapping[Any, Any] | Iterable[tuple[Any, Any]],
+    state: str = "present",
+    identities: Identities = None,
+    config: str | None = None,
+    create: bool = True,
+    dry_run: bool = False,
+) -> list[SecretChange]:
+    """Bring several key paths of one sops file to their values (present) or remove them (absent).
+
+    ``values`` maps key paths (a tuple, a list of pairs, or a string as
+    parse_key_path reads it) to values (ignored when absent). The file is read
+    and decrypted once and written at most once, whatever the number of
+    values; the result has one SecretChange per key path, in order. Everything
+    else is as ensure_secret: ``changed`` is decided the same way with and
+    without ``dry_run`` (only the sink differs), a file that does not change
+    is not touched, a missing file is created for its creation rule.
+    """
+    if state not in ("present", "absent"):
+        raise ValueError(f"state must be 'present' or 'absent', not {state!r}")
+    items = _items(values, path)
+    created = not os.path.exists(path)
+    if created:
+        if state == "absent":
+            return [SecretChange(path=path, key=kp, state=state) for kp, _ in items]
+        if not create:
+            raise engine.SopsError("file not found (set create=true to create it for its .sops.yaml rule)", path)
+        sf = _new_for_rule(path, config)
+    else:
+        sf = engine.SopsFile.open(path)
+        if not sf.store.structured:
+            raise engine.SopsError("binary sops files hold no key paths", path)
+        sf.unlock(identities)
+    results = []
+    for keypath, value in items:
+        before = strip_comments(sf.tree)
+        try:
+            get_path(before, keypath)
+            existed = True
+        except (KeyError, IndexError, TypeError):
+            existed = False
+        result = SecretChange(path=path, key=keypath, state=state, existed=existed, created=created)
+        if state == "present":
+            result.changed = sf.set(keypath, value)
+            fallback = "added" if created else "changed"
+        else:
+            result.changed = existed and sf.unset(keypath)
+            fallback = "removed"
+        if result.changed:
+            result.changes = _diff_or_key(before, strip_comments(sf.tree), keypath, fallback)
+        results.append(result)
+    sf.write(engine.NullSink() if dry_run else engine.FileSink())
+    return results
 
 
 def ensure_secret(
@@ -276,42 +337,9 @@ def ensure_secret(
     ``create`` (present only) for the recipients, key groups, Shamir threshold
     and options of its creation rule in ``config`` (default: the nearest
     ``.sops.yaml`` above the file). Removing from a missing file, or a key path
-    that is not there, changes nothing.
+    that is not there, changes nothing. The file is opened once and written at
+    most once (ensure_secrets with one value).
     """
-    if state not in ("present", "absent"):
-        raise ValueError(f"state must be 'present' or 'absent', not {state!r}")
-    keypath = list(keypath)
     if not keypath:
         raise engine.SopsKeyPathError("invalid key path: it is empty", path)
-    if not os.path.exists(path):
-        if state == "absent":
-            return SecretChange(path=path, key=keypath, state=state)
-        if not create:
-            raise engine.SopsError("file not found (set create=true to create it for its .sops.yaml rule)", path)
-        return _create(path, keypath, value, config, dry_run)
-
-    sf = engine.load(path)
-    if sf.format == "binary":
-        raise engine.SopsError("binary sops files hold no key paths", path)
-    kr = engine.keyring(identities)
-    doc = sf.decrypt(kr)
-    try:
-        get_path(doc, keypath)
-        existed = True
-    except (KeyError, IndexError, TypeError):
-        existed = False
-    result = SecretChange(path=path, key=keypath, state=state, existed=existed)
-    before = strip_comments(doc)
-    if state == "present":
-        # The engine's own set_path decides, so the answer here is the one set_value gives.
-        new_doc, changed = set_path(copy.deepcopy(doc), keypath, value)
-        if changed:
-            result.changed = engine.set_value(path, keypath, value, identities=kr, dry_run=dry_run)
-            result.changes = _diff_or_key(before, strip_comments(new_doc), keypath, "changed")
-        return result
-    if not existed:
-        return result
-    new_doc = unset_path(copy.deepcopy(doc), keypath)
-    result.changed = engine.unset_value(path, keypath, identities=kr, dry_run=dry_run)
-    result.changes = _diff_or_key(before, strip_comments(new_doc), keypath, "removed")
-    return result
+    return ensure_secrets(path, [(list(keypath), value)], state, identities, config, create, dry_run)[0]

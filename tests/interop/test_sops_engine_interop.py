@@ -316,8 +316,86 @@ def test_rule_options_interop(sops_bin, tmp_path, keys):
         assert same("yaml", S.load(str(src)).decrypt([keys["ids"][0]]), data)
 
 
+# --------------------------------------------------------------------------- stanzas: checked and repaired
+def test_stanza_check_accepts_what_sops_writes_and_updatekeys_repairs_a_corrupt_one(sops_bin, tmp_path, keys):
+    from ansible_collections.nixfleet.sops.plugins.module_utils import sshkeys
+
+    r = keys["recipients"]
+    ssh = sshkeys.generate("root@h").public_line
+    path = sops_encrypt(sops_bin, tmp_path, "yaml", [r[2], " ".join(ssh.split()[:2])], keys["files"][0],
+                        name="ssh.yaml")
+    assert S.load(path).metadata.stanza_problems() == []  # sops' own stanzas (Go age, SSH) are sound
+    path = sops_encrypt(sops_bin, tmp_path, "yaml", r[:2], keys["files"][0])
+    work = tmp_path / "g"
+    work.mkdir()
+    (work / ".sops.yaml").write_text(
+        f"creation_rules:\n  - shamir_threshold: 2\n    key_groups:\n      - age: [{r[0]}]\n      - age: [{r[1]}]\n")
+    (work / "s.yaml").write_text("a: b\n")
+    (work / "s.yaml").write_bytes(run_sops(sops_bin, ["encrypt", str(work / "s.yaml")], keys["files"][0],
+                                           work).stdout)
+    assert S.load(str(work / "s.yaml")).metadata.stanza_problems() == []  # 33-byte shares too
+    # r[1]'s stanza loses its payload's last bytes: sops cannot open it with r[1] alone any more.
+    text = open(path).read()
+    start = [m.start() for m in re.finditer("BEGIN AGE ENCRYPTED FILE", text)][1]
+    end = text.index("-----END", start)
+    block = text[start:end]
+    last = block.rstrip().split("\n")[-1]
+    open(path, "w").write(text[:start] + block.replace(last, last.strip()[:-8].rjust(len(last)), 1) + text[end:])
+    problems = S.load(path).metadata.stanza_problems()
+    assert [(p.group, p.recipient) for p in problems] == [(0, r[1])]
+    assert run_sops(sops_bin, ["decrypt", path], keys["files"][1], tmp_path, check=False).returncode != 0
+    # Same recipients: the broken stanza alone makes updatekeys rewrite, and sops opens it again.
+    assert S.updatekeys(path, S.load(path).recipients, [keys["ids"][0]]) == (True, set(), set())
+    sops_decrypt(sops_bin, path, "yaml", keys["files"][1], tmp_path)
+    assert S.load(path).metadata.stanza_problems() == []
+
+
+# --------------------------------------------------------------------------- duplicate keys, as sops treats them
+def test_duplicate_keys_refused_where_sops_refuses_and_named_where_sops_keeps_them(sops_bin, tmp_path, keys):
+    r, key_file = keys["recipients"][0], keys["files"][0]
+    # YAML: sops (yaml.v3) refuses a repeated key, in a plain file and in an encrypted one; so do we.
+    plain = tmp_path / "dup.yaml"
+    plain.write_text("a: 1\nb: 2\na: 3\n")
+    proc = run_sops(sops_bin, ["encrypt", "--age", r, str(plain)], key_file, tmp_path, check=False)
+    assert proc.returncode != 0 and b'line 3: mapping key "a" already defined at line 1' in proc.stderr
+    plain.write_text("a: 1\nb: 2\n")
+    enc = run_sops(sops_bin, ["encrypt", "--age", r, str(plain)], key_file, tmp_path).stdout.decode()
+    first = enc.split("\n")[0]
+    dup = tmp_path / "enc-dup.yaml"
+    dup.write_text(enc.replace("\nsops:", "\n" + first + "\nsops:", 1))
+    proc = run_sops(sops_bin, ["decrypt", str(dup)], key_file, tmp_path, check=False)
+    assert proc.returncode != 0 and b'line 3: mapping key "a" already defined at line 1' in proc.stderr
+    with pytest.raises(S.SopsFormatError, match='line 3: mapping key "a" already defined at line 1'):
+        S.load(str(dup)).decrypt([keys["ids"][0]])
+    # JSON and dotenv: sops keeps both entries (and programs reading the result see one); we refuse,
+    # naming the line, rather than a misleading MAC error.
+    for fmt, text, where in (("json", '{"a": "1",\n "b": "2",\n "a": "3"}\n', 'line 4: duplicate key "a"'),
+                             ("dotenv", "A=1\nB=2\nA=3\n", "line 3: duplicate key 'A'")):
+        src = tmp_path / f"dup-src.{'env' if fmt == 'dotenv' else fmt}"
+        src.write_text(text)
+        enc = run_sops(sops_bin, ["encrypt", "--age", r, str(src)], key_file, tmp_path).stdout
+        out = tmp_path / f"dup-enc.{'env' if fmt == 'dotenv' else fmt}"
+        out.write_bytes(enc)
+        assert sops_decrypt(sops_bin, str(out), fmt, key_file, tmp_path).count(b"3") == 1  # both kept
+        with pytest.raises(S.SopsFormatError, match=re.escape(where)):
+            S.load(str(out)).decrypt([keys["ids"][0]])
+    # INI: a repeated section is kept by sops (we refuse); a repeated key is merged, last value first
+    # place, by sops and by us alike.
+    src = tmp_path / "dup-src.ini"
+    src.write_text("[s]\na = 1\nb = 2\na = 3\n[t]\nc = 4\n[s]\nd = 5\n")
+    out = tmp_path / "dup-enc.ini"
+    out.write_bytes(run_sops(sops_bin, ["encrypt", "--age", r, str(src)], key_file, tmp_path).stdout)
+    assert sops_decrypt(sops_bin, str(out), "ini", key_file, tmp_path).count(b"[s]") == 2
+    with pytest.raises(S.SopsFormatError, match=re.escape("section [s] appears again (first at line 1)")):
+        S.load(str(out)).decrypt([keys["ids"][0]])
+    src.write_text("[s]\na = 1\nb = 2\na = 3\n")
+    out.write_bytes(run_sops(sops_bin, ["encrypt", "--age", r, str(src)], key_file, tmp_path).stdout)
+    theirs = parse_plain("ini", sops_decrypt(sops_bin, str(out), "ini", key_file, tmp_path))
+    assert S.load(str(out)).decrypt([keys["ids"][0]]) == theirs == {"s": {"a": "3", "b": "2"}}
+
+
 # --------------------------------------------------------------------------- random documents through sops
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x85\u2028\u2029\ufeff"),
@@ -359,6 +437,28 @@ def test_random_yaml_documents_pass_sops(sops_bin, tmp_path_factory, doc, encryp
     assert norm(theirs) == norm(doc)
 
 
+def _has_item_needing_indicator(v) -> bool:
+    if isinstance(v, dict):
+        return any(_has_item_needing_indicator(x) for x in v.values())
+    if isinstance(v, list):
+        return any((isinstance(x, str) and "\n" in x and x[:1] in " \n") or _has_item_needing_indicator(x)
+                   for x in v)
+    return False
+
+
+def test_multiline_list_items_with_a_leading_break_are_written_so_sops_reads_them(sops_bin, tmp_path, keys):
+    """Where yaml.v3 (so sops) writes an unreadable '- |4-', we write the '- |2-' it can read."""
+    doc = {"0": ["\n0", " a\nb"], "m": [{"c": ["\nx\n"]}], "v": "\nkept"}
+    path = str(tmp_path / "lead.yaml")
+    S.encrypt_file(path, doc, [keys["recipients"][:1]], rule_options={"unencrypted_regex": "."})
+    assert b"- |2-\n" in open(path, "rb").read()
+    out = run_sops(sops_bin, ["decrypt", "--output-type", "json", path], keys["files"][0], tmp_path)
+    import json
+
+    assert json.loads(out.stdout) == doc
+    assert S.load(path).decrypt([keys["ids"][0]]) == doc
+
+
 def _num(v):
     if isinstance(v, dict):
         return {k: _num(x) for k, x in v.items()}
@@ -373,6 +473,9 @@ def _num(v):
 @given(doc=_docs, encrypt=st.booleans())
 def test_random_yaml_documents_from_sops(sops_bin, tmp_path_factory, doc, encrypt):
     """sops encrypts random plaintext (with or without encryption of values); we read the same data."""
+    # yaml.v3 writes a multi-line sequence item that starts with a space or line break as '- |4-' with
+    # its text 2 columns past the dash, which neither it nor sops can read back: sops cannot round-trip it.
+    assume(encrypt or not _has_item_needing_indicator(doc))
     tmp = tmp_path_factory.mktemp("h")
     ident = generate_identity()
     key_file = tmp / "k.txt"
@@ -388,13 +491,119 @@ def test_random_yaml_documents_from_sops(sops_bin, tmp_path_factory, doc, encryp
     assert _num(S.load(str(dst)).decrypt([ident])) == _num(doc)
     # And our re-emission of sops' file is sops' own bytes (set of an unchanged value writes nothing new).
     sf = S.load(str(dst))
-    from ansible_collections.nixfleet.sops.plugins.module_utils.sops import file as F
+    from ansible_collections.nixfleet.sops.plugins.module_utils.sops import cipher
 
     key = sf.data_key([ident])
-    docs = sf._decrypt_tree(key)
-    enc_docs, _ = F._encrypt_tree(docs, key, sf.metadata.rules, False, sf._stash, None)
+    stash: dict = {}
+    docs = cipher.decrypt_tree(sf.encrypted_documents, key, sf.metadata, False, stash, None)
+    enc_docs, _ = cipher.encrypt_tree(docs, key, sf.metadata.rules, False, stash, None)
     ours = sf.store.emit(enc_docs, sf.metadata.to_mapping())
     # Equal list items share their additional data, so sops' IV stash (and ours) reuses one IV
     # for them on re-encryption: compare ciphertexts only through the layout.
     values = re.compile(rb"ENC\[AES256_GCM,data:[^\]]*,type:(\w+)\]")
     assert values.sub(rb"ENC[\1]", ours) == values.sub(rb"ENC[\1]", enc)
+
+
+# --------------------------------------------------------------------------- age beside PGP, with the real sops and gpg
+@pytest.fixture(scope="module")
+def gpg_home():
+    """A throwaway GnuPG home with one ed25519/cv25519 key (no passphrase); (home, fingerprint)."""
+    if shutil.which("gpg") is None:
+        pytest.fail("gpg is not installed; run `make test` (it installs gnupg)")
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="gpg-")  # short: gpg-agent's socket path has a length limit
+    env = {**os.environ, "GNUPGHOME": home}
+    gen = ["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
+    subprocess.run([*gen, "--quick-gen-key", "nixfleet test <test@example.org>", "ed25519", "cert,sign", "never"],
+                   env=env, check=True, capture_output=True, timeout=60)
+    out = subprocess.run(["gpg", "--batch", "--list-keys", "--with-colons"], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    fp = next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
+    subprocess.run([*gen, "--quick-add-key", fp, "cv25519", "encr", "never"], env=env, check=True,
+                   capture_output=True, timeout=60)
+    yield home, fp
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True, timeout=30)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def run_sops_gpg(sops_bin, args, key_file, cwd, gnupghome, check=True):
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cwd), "SOPS_DISABLE_VERSION_CHECK": "1",
+           "SOPS_AGE_KEY_FILE": key_file, "GNUPGHOME": gnupghome}
+    proc = subprocess.run([sops_bin, *args], capture_output=True, env=env, cwd=cwd, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sops {' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
+    return proc
+
+
+_PGP_ARMOR = re.compile(r"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", re.S)
+_CREATED = re.compile(r'(created_at["\s:=]+)"?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"?')
+
+
+def normalise_all(text: bytes) -> str:
+    return _CREATED.sub(r"\1<T>", _PGP_ARMOR.sub("<PGP>", normalise(text)))
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json", "dotenv", "ini"])
+def test_age_and_pgp_in_one_group_rekeyed_by_us_still_open_with_either(sops_bin, tmp_path, keys, gpg_home, fmt):
+    home, fp = gpg_home
+    r = keys["recipients"]
+    fname, content = FORMATS[fmt]
+    src = tmp_path / ("plain-" + fname)
+    src.write_bytes(content)
+    enc = run_sops_gpg(sops_bin, ["encrypt", "--age", r[0], "--pgp", fp, "--input-type", fmt, "--output-type", fmt,
+                                  str(src)], keys["files"][0], tmp_path, home).stdout
+    path = tmp_path / fname
+    path.write_bytes(enc)
+    sf = S.load(str(path))
+    assert sf.recipients == [[r[0]]] and sf.metadata.foreign_keys == [{"pgp": [fp]}]
+    plain = sf.decrypt([keys["ids"][0]])
+    # The rule now names a second age recipient beside the same age and PGP keys.
+    assert S.updatekeys(str(path), [[r[0], r[1]]], [keys["ids"][0]], foreign=[{"pgp": [fp]}]) == (
+        True, {r[1]}, set())
+    empty_home = tmp_path / "no-gpg"
+    empty_home.mkdir(mode=0o700, exist_ok=True)
+    # The PGP key alone (the age key file holds an unrelated identity) ...
+    by_pgp = run_sops_gpg(sops_bin, ["decrypt", "--input-type", fmt, "--output-type", fmt, str(path)],
+                          keys["files"][2], tmp_path, home).stdout
+    # ... and the new age key alone (no GnuPG key at all) both open it, to the same plaintext.
+    by_age = run_sops_gpg(sops_bin, ["decrypt", "--input-type", fmt, "--output-type", fmt, str(path)],
+                          keys["files"][1], tmp_path, str(empty_home)).stdout
+    assert by_pgp == by_age
+    assert same(fmt, parse_plain(fmt, by_age), plain)
+    assert run_sops_gpg(sops_bin, ["decrypt", "--input-type", fmt, str(path)], keys["files"][2], tmp_path,
+                        str(empty_home), check=False).returncode != 0
+
+
+def test_pgp_kept_or_dropped_like_sops_updatekeys(sops_bin, tmp_path, keys, gpg_home):
+    home, fp = gpg_home
+    r = keys["recipients"]
+    src = tmp_path / "plain.yaml"
+    src.write_bytes(FORMATS["yaml"][1])
+    enc = run_sops_gpg(sops_bin, ["encrypt", "--age", r[0], "--pgp", fp, str(src)], keys["files"][0], tmp_path,
+                       home).stdout
+    for n, (age_rule, pgp_rule) in enumerate([([r[0], r[1]], [fp]), ([r[1]], [])]):
+        work = tmp_path / f"w{n}"
+        work.mkdir()
+        ours, theirs = work / "ours.yaml", work / "theirs.yaml"
+        ours.write_bytes(enc)
+        theirs.write_bytes(enc)
+        rule = f"creation_rules:\n  - age: {','.join(age_rule)}\n" + (f"    pgp: {pgp_rule[0]}\n" if pgp_rule else "")
+        (work / ".sops.yaml").write_text(rule)
+        run_sops_gpg(sops_bin, ["updatekeys", "-y", str(theirs)], keys["files"][0], work, home)
+        changed, added, removed = S.updatekeys(str(ours), [age_rule], [keys["ids"][0]], foreign=[{"pgp": pgp_rule}])
+        assert changed and added == set(age_rule) - {r[0]}
+        assert removed == (set() if pgp_rule else {r[0], "pgp:" + fp})
+        # Our file is sops' own, the wrapped keys and the PGP entry's creation time aside.
+        assert normalise_all(ours.read_bytes()) == normalise_all(theirs.read_bytes())
+        no_pgp = run_sops_gpg(sops_bin, ["decrypt", str(ours)], keys["files"][2], work, home, check=False)
+        assert (no_pgp.returncode == 0) == bool(pgp_rule)
+        run_sops_gpg(sops_bin, ["decrypt", str(ours)], keys["files"][1], work, str(work))
+    # A PGP key the file does not have: only sops can add it.
+    other = tmp_path / "other.yaml"
+    other.write_bytes(enc)
+    with pytest.raises(S.SopsError, match="sops updatekeys"):
+        S.updatekeys(str(other), [[r[0]]], [keys["ids"][0]], foreign=[{"pgp": [fp, "0" * 40]}])
+    with pytest.raises(S.SopsError, match="sops rotate"):
+        S.rotate(str(other), [keys["ids"][0]])
+    assert other.read_bytes() == enc

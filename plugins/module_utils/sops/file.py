@@ -1,47 +1,30 @@
 # Copyright: nixfleet.sops contributors
 # MIT License
-"""Operations on sops files: load, decrypt, encrypt, set/unset, updatekeys, rotate."""
+"""A sops file as an object, opened once: read, decrypt, change, encode, write through a sink.
+
+The module-level functions (``load``, ``encrypt_file``, ``set_value``,
+``unset_value``, ``updatekeys``, ``rotate``) are the command-line verbs of
+sops over that object: each opens the file once and writes it at most once.
+"""
 
 from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Iterable
-from types import ModuleType
 from typing import Any
 
-from ..age import AgeKeyError, validate_recipient
-from ..fsutil import atomic_write
-from . import aes, shamir
-from .errors import (
-    SopsDecryptError,
-    SopsError,
-    SopsFormatError,
-    SopsKeyPathError,
-    SopsMacError,
-    SopsNoIdentityError,
-    SopsNotEncryptedError,
-)
-from .keys import Keyring, find_identities, wrap
-from .metadata import RULE_FIELDS, AgeStanza, Metadata, normalize_lastmodified, now_lastmodified
-from .stores import format_for_path, store_for
-from .tree import Comment, Rules, new_mac_hash, set_path, unset_path, walk
+from . import foreign as fk
+from .cipher import Stash, decrypt_tree, seal
+from .errors import SopsError, SopsKeyPathError, SopsNotEncryptedError
+from .keygroups import Identities, keyring, recover_key, shares_for, validate_groups, wrap_groups
+from .keys import Keyring
+from .metadata import RULE_FIELDS, Metadata
+from .sinks import FileSink, NullSink, Sink
+from .stores import Store, format_for_path, store_for
+from .tree import Rules, comparable, display_key_path, get_path, set_path, strip_comments, unset_path
 
 SOPS_VERSION = "3.11.0"
-Identities = Keyring | Iterable[str] | None
 _RULE_OPTIONS = (*RULE_FIELDS, "mac_only_encrypted")
-
-
-def keyring(identities: Identities = None, env: Any = None) -> Keyring:
-    """A Keyring: the given one, the given identities only, or (None) sops' usual places."""
-    if isinstance(identities, Keyring):
-        return identities
-    if identities is None:
-        found, searched = find_identities(env=env)
-        return Keyring(found, searched)
-    ids = [i for i in identities if i]
-    found = find_identities(env={}, explicit=ids)[0] if ids else []
-    return Keyring(found, [f"identities passed explicitly ({len(found)})"])
 
 
 def _read(path: str) -> bytes:
@@ -54,43 +37,45 @@ def _read(path: str) -> bytes:
         raise SopsError(f"cannot read: {exc.strerror}", path) from None
 
 
-_VALID: set[str] = set()
+def _rules(rule_options: dict[str, Any] | None, store: Store, path: str | None) -> Rules:
+    """The encryption rules of a new file from sops' rule option names."""
+    opts = dict(rule_options or {})
+    unknown = set(opts) - set(_RULE_OPTIONS)
+    if unknown:
+        raise SopsError(f"unknown rule option(s): {', '.join(sorted(unknown))}", path)
+    mac_only = bool(opts.pop("mac_only_encrypted", False))
+    rules = Rules(**{k: v for k, v in opts.items() if v}, mac_only_encrypted=mac_only)
+    if rules.count() > 1:
+        raise SopsError("only one of the suffix/regex rules can be used", path)
+    if not store.structured:
+        return Rules(mac_only_encrypted=mac_only)
+    if rules.count() == 0:
+        rules.unencrypted_suffix = "_unencrypted"
+    return rules
 
 
-def _valid_recipient(r: str) -> str:
-    if r in _VALID:
-        return r
-    r = validate_recipient(r)
-    _VALID.add(r)
-    return r
-
-
-def _validate_groups(key_groups: list[list[str]], path: str | None) -> list[list[str]]:
-    if not key_groups or not all(key_groups):
-        raise SopsError("at least one non-empty key group of age recipients is needed", path)
-    out = []
-    for group in key_groups:
-        seen: list[str] = []
-        for r in group:
-            try:
-                r = _valid_recipient(r)
-            except AgeKeyError as exc:
-                raise SopsError(str(exc), path) from None
-            if r not in seen:
-                seen.append(r)
-        out.append(seen)
-    return out
+def _threshold(n: int, shamir_threshold: int | None, path: str | None) -> int:
+    if n > 1:
+        threshold = shamir_threshold or n
+        if not 2 <= threshold <= n:
+            raise SopsError(f"shamir_threshold must be between 2 and {n}", path)
+        return threshold
+    return shamir_threshold or 0
 
 
 class SopsFile:
-    """A sops file read from disk. Parsing is lazy: metadata-only operations stay cheap."""
+    """One sops file, opened once.
+
+    Opening parses only the metadata (cheap: what a fleet scan needs). The
+    data key is unwrapped the first time it is needed and kept; the values are
+    decrypted and the MAC checked once, on first access. Changes (set, unset,
+    replace, updatekeys, rotate) apply to this object; ``encode()`` gives the
+    new bytes and ``write(sink)`` hands them to a sink.
+    """
 
     def __init__(self, path: str, data: bytes, fmt: str | None = None) -> None:
-        self.path = path
-        self.raw = data
-        self.format = fmt or format_for_path(path)
-        self.store: ModuleType = store_for(self.format)
-        self._docs: list[dict] | None = None
+        self._setup(path, fmt)
+        self.raw: bytes | None = data
         spans, meta = self.store.find_metadata(data, path)
         if meta is None:
             raise SopsNotEncryptedError(
@@ -100,245 +85,338 @@ class SopsFile:
             )
         self.spans = spans
         self.metadata = Metadata.from_mapping(meta, path)
-        self._stash: dict[tuple[str, str, bytes], str] = {}
+
+    def _setup(self, path: str, fmt: str | None) -> None:
+        self.path = path
+        self.format = fmt or format_for_path(path)
+        self.store: Store = store_for(self.format)
+        self._encrypted: list[dict] | None = None
+        self._keyring: Keyring | None = None
+        self._key: bytes | None = None
+        self._parts: dict[int, bytes] = {}
+        self._plain: list[dict] | None = None
+        self._stash: Stash = {}
+        self._values_changed = False  # values must be encrypted again (new MAC, lastmodified)
+        self._metadata_changed = False  # only the metadata block changes (updatekeys)
+        self._encoded: bytes | None = None
+
+    # ----------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: str, fmt: str | None = None) -> SopsFile:
+        """Read ``path`` once and parse its metadata (nothing is decrypted)."""
+        if fmt is not None:
+            store_for(fmt)  # an unknown format is refused before touching the disk
+        return cls(path, _read(path), fmt)
+
+    @classmethod
+    def create(
+        cls,
+        path: str,
+        key_groups: list[list[str]],
+        rule_options: dict[str, Any] | None = None,
+        shamir_threshold: int | None = None,
+        fmt: str | None = None,
+        foreign: list[dict[str, Any]] | None = None,
+    ) -> SopsFile:
+        """A new, empty sops file for ``key_groups`` (nothing is written until ``write``).
+
+        ``rule_options`` takes sops' rule names (unencrypted_suffix,
+        encrypted_regex, mac_only_encrypted, …). A new data key is made here;
+        fill the file with ``set`` or ``replace``. ``foreign`` (other master
+        keys, as for updatekeys) must name none: only the real sops can wrap
+        a new data key for them.
+        """
+        wanted = fk.normalize(foreign, len(key_groups), path) or []
+        if any(wanted):
+            names = ", ".join(f"{k}:{i}" for g in wanted for k, ids in g.items() for i in ids)
+            raise SopsError(
+                f"the rule also names {names}, for which this engine cannot wrap a data key (only age "
+                "recipients); create the file with the real sops: sops encrypt", path)
+        sf = cls.__new__(cls)
+        sf._setup(path, fmt)
+        groups = validate_groups(key_groups, path)
+        rules = _rules(rule_options, sf.store, path)
+        threshold = _threshold(len(groups), shamir_threshold, path)
+        key = os.urandom(32)
+        shares, _ = shares_for(key, len(groups), threshold or 2)
+        sf.raw = None
+        sf.spans = []
+        sf.metadata = Metadata(key_groups=wrap_groups(shares, groups), version=SOPS_VERSION,
+                               shamir_threshold=threshold, rules=rules)
+        sf._key, sf._parts = key, dict(enumerate(shares))
+        sf._plain = sf.store.to_documents(b"" if not sf.store.structured else {}, path)
+        sf._values_changed = True
+        return sf
 
     # ----------------------------------------------------------------- metadata
     @property
     def recipients(self) -> list[list[str]]:
-        """Recipients per key group, in file order."""
+        """Age recipients per key group, in file order."""
         return self.metadata.recipients
 
     @property
-    def documents(self) -> list[dict]:
-        """The encrypted documents as parsed (values still ENC[…])."""
-        if self._docs is None:
-            docs, _ = self.store.load(self.raw, self.path)
-            self._docs = docs
-        return self._docs
+    def encrypted_documents(self) -> list[dict]:
+        """The documents as written in the file (values still ENC[…]), parsed on first use."""
+        if self._encrypted is None:
+            if self.raw is None:
+                return []
+            self._encrypted, _ = self.store.load(self.raw, self.path)
+        return self._encrypted
+
+    # ----------------------------------------------------------------- keys
+    def unlock(self, identities: Identities = None) -> SopsFile:
+        """Open the data key with ``identities`` (a Keyring, ``AGE-SECRET-KEY-1…`` strings, or None:
+        search like sops). Returns the file itself.
+
+        The key is unwrapped the first time it is needed, once, and kept (a
+        metadata-only operation that changes nothing never unwraps it). A file
+        never unlocked searches like sops then.
+        """
+        self._keyring = keyring(identities)
+        if self.raw is not None:
+            self._key, self._parts = None, {}  # proven again with these identities
+        return self
 
     def data_key(self, identities: Identities = None) -> bytes:
-        """Recover the 32-byte data key; one decryption attempt per stanza at most."""
-        return _data_key(self.metadata, keyring(identities), self.path)[0]
+        """The 32-byte data key; one decryption attempt per stanza at most, then cached."""
+        if identities is not None:
+            self.unlock(identities)
+        if self._key is None:
+            if self._keyring is None:
+                self._keyring = keyring(None)
+            self._key, self._parts = recover_key(self.metadata, self._keyring, self.path)
+        return self._key
 
-    # ----------------------------------------------------------------- decrypt
-    def decrypt_documents(self, identities: Identities = None, keep_comments: bool = True) -> list[dict]:
-        """Every document decrypted and MAC-checked (YAML files may hold several)."""
-        key = self.data_key(identities)
-        docs = self._decrypt_tree(key)
-        if not keep_comments:
-            from .tree import strip_comments
+    # ----------------------------------------------------------------- values
+    def documents(self) -> list[dict]:
+        """Every document, decrypted and MAC-checked once (YAML files may hold several).
 
-            docs = [strip_comments(d) for d in docs]
-        return docs
-
-    def decrypt(self, identities: Identities = None, keep_comments: bool = True) -> Any:
-        """The plaintext: a dict (first document), or bytes for binary files.
-
+        These are the live documents: change them through set/unset/replace.
         Raises SopsNoIdentityError when no identity opens the data key and
         SopsMacError when a value or the MAC was tampered with.
         """
-        docs = self.decrypt_documents(identities, keep_comments)
-        if self.format == "binary":
-            return self.store.from_tree(docs, self.path)
+        if self._plain is None:
+            key = self.data_key()
+            self._plain = decrypt_tree(self.encrypted_documents, key, self.metadata, self.store.floats,
+                                       self._stash, self.path)
+        return self._plain
+
+    @property
+    def tree(self) -> dict:
+        """The first document, decrypted (a binary file's is ``{"data": …}``)."""
+        docs = self.documents()
         return docs[0] if docs else {}
 
-    def _decrypt_tree(self, key: bytes) -> list[dict]:
-        rules = self.metadata.rules
-        floats = self.store.FLOATS
-        h = new_mac_hash(rules)
-        stash = self._stash
+    def decrypt_documents(self, identities: Identities = None, keep_comments: bool = True) -> list[dict]:
+        """A copy of every decrypted document, optionally without comments.
 
-        def leaf(value: Any, path: list[str], stack: list[list[str]], is_comment: bool) -> Any:
-            encrypted = rules.should_encrypt(path, stack, is_comment)
-            aad = ":".join(path) + ":"
-            out = value
-            if encrypted:
-                if is_comment:
-                    try:
-                        plain, vtype = aes.decrypt_raw(value.text, key, aad)
-                        out = aes.typed_value(plain, vtype)
-                        stash[(aad, vtype, plain)] = value.text
-                    except aes.ValueError_:
-                        out = value  # sops keeps comments it cannot decrypt (older files)
-                elif not isinstance(value, str):
-                    raise SopsDecryptError(
-                        f"value at '{aad[:-1] or '/'}' should be encrypted but is a plain "
-                        f"{type(value).__name__}", self.path)
-                elif value == "":
-                    out = ""
-                else:
-                    try:
-                        plain, vtype = aes.decrypt_raw(value, key, aad)
-                        out = aes.typed_value(plain, vtype)
-                    except aes.ValueError_ as exc:
-                        raise SopsMacError(
-                            f"cannot decrypt the value at '{aad[:-1]}': {exc}; the file was modified "
-                            "outside sops or is corrupt", self.path) from None
-                    stash[(aad, vtype, plain)] = value
-                    if floats and vtype == "float" and plain.lstrip(b"-").isdigit():
-                        out = int(plain)
-            if (not rules.mac_only_encrypted or encrypted) and not isinstance(out, Comment):
-                h.update(aes.to_bytes(out, floats))
-            return out
+        Explicit ``identities`` must open the data key themselves, even when the
+        values were decrypted before.
+        """
+        if identities is not None:
+            self.unlock(identities)
+            self.data_key()
+        docs = self.documents()
+        return [strip_comments(d) for d in docs] if not keep_comments else copy.deepcopy(docs)
 
+    def decrypt(self, identities: Identities = None, keep_comments: bool = True) -> Any:
+        """The plaintext: a dict (first document), or bytes for binary files (a copy)."""
+        return self.store.from_documents(self.decrypt_documents(identities, keep_comments), self.path)
+
+    def _keypath(self, keypath: list[str | int], verb: str) -> list[str | int]:
+        if not self.store.structured:
+            raise SopsError("binary files hold no key paths; decrypt() and replace() take their whole content",
+                            self.path)
+        if not keypath:
+            raise SopsKeyPathError(f"an empty key path cannot be {verb}", self.path)
+        if isinstance(keypath[0], int):
+            raise SopsKeyPathError("the first element of a key path must be a key, not an index", self.path)
+        return list(keypath)
+
+    def get(self, keypath: list[str | int]) -> Any:
+        """The decrypted value at ``keypath`` (comments kept); SopsKeyPathError when there is none."""
         try:
-            docs = walk(copy.deepcopy(self.documents), leaf)
+            return get_path(self.tree, self._keypath(keypath, "read"))
+        except (KeyError, IndexError, TypeError):
+            raise SopsKeyPathError(f"no value at key path {display_key_path(keypath)!r}", self.path) from None
+
+    def set(self, keypath: list[str | int], value: Any) -> bool:
+        """Set the value at ``keypath`` (``sops set``); False when it already holds ``value``."""
+        keypath = self._keypath(keypath, "set")
+        docs = self.documents()
+        docs[0], changed = set_path(docs[0], keypath, value)
+        if changed:
+            self._touch_values()
+        return changed
+
+    def unset(self, keypath: list[str | int]) -> bool:
+        """Remove the value at ``keypath`` (``sops unset``); False when it was not there."""
+        keypath = self._keypath(keypath, "unset")
+        docs = self.documents()
+        try:
+            docs[0] = unset_path(docs[0], keypath)
+        except (KeyError, IndexError):
+            return False
         except TypeError as exc:
-            raise SopsFormatError(str(exc), self.path) from None
-        computed = h.hexdigest().upper()
-        lm = normalize_lastmodified(self.metadata.lastmodified)
-        try:
-            stored = aes.decrypt_value(self.metadata.mac, key, lm) if self.metadata.mac else ""
-        except aes.ValueError_:
-            raise SopsMacError(
-                "the MAC cannot be decrypted (the 'mac' or 'lastmodified' metadata was changed outside sops)",
-                self.path) from None
-        if stored != computed:
-            raise SopsMacError(
-                "MAC mismatch: the file's contents do not match its MAC (a value was changed outside sops)",
-                self.path)
-        return docs
+            raise SopsKeyPathError(str(exc), self.path) from None
+        self._touch_values()
+        return True
+
+    def replace(self, data: Any) -> bool:
+        """Replace the whole content (a mapping, a list of YAML documents, bytes for binary files)."""
+        docs = self.store.to_documents(data, self.path)
+        # An existing file must open first: unchanged values keep their ciphertexts, and a
+        # file nobody can read is not silently replaced.
+        if self.raw is not None and comparable(self.documents()) == comparable(docs):
+            return False
+        self._plain = copy.deepcopy(docs)
+        self._touch_values()
+        return True
+
+    def _touch_values(self) -> None:
+        self._values_changed = True
+        self._encoded = None
+
+    # ----------------------------------------------------------------- keys of the file
+    def updatekeys(
+        self,
+        key_groups: list[list[str]],
+        shamir_threshold: int | None = None,
+        foreign: list[dict[str, Any]] | None = None,
+    ) -> tuple[bool, set[str], set[str]]:
+        """Wrap the same data key for ``key_groups`` (``sops updatekeys -y``).
+
+        Something changes when the recipients per group or the threshold
+        differ, when an other master key goes, or when the ``enc`` of a
+        recipient that stays is structurally broken (Metadata.stanza_problems).
+        Then every age stanza is wrapped afresh, as sops does, which also
+        repairs a corrupt one. Values, ``mac`` and ``lastmodified`` stay; only
+        the metadata block changes (every other byte of the file is kept). The
+        data key is unwrapped (from age stanzas) only when something changes.
+
+        ``foreign`` gives the other master keys the rule names, per key group:
+        ``{"pgp": [fingerprint], "kms": [arn], "gcp_kms": [resource id],
+        "azure_kv": [url], "hc_vault": [uri], …}`` (``.sops.yaml`` spellings
+        too). Those the file has stay as sops wrote them (the data key does not
+        change, so they stay valid); those it no longer names are dropped; one
+        it does not have is refused (only the real sops can wrap for it). None:
+        keep each group's other master keys as they are.
+
+        Returns (changed, added recipients, removed recipients and ``kind:id``).
+        """
+        meta = self.metadata
+        kept, dropped, missing = fk.plan(meta.foreign, len(key_groups),
+                                         fk.normalize(foreign, len(key_groups), self.path))
+        if missing:
+            raise SopsError(
+                f"the rule adds {', '.join(missing)}, for which this engine cannot wrap the data key (only age "
+                f"recipients); add it with the real sops: sops updatekeys {self.path}", self.path)
+        groups = validate_groups(key_groups, self.path, [bool(g) for g in kept])
+        old_sets = [set(g) for g in meta.recipients]
+        new_sets = [set(g) for g in groups]
+        old_all = set().union(*old_sets) if old_sets else set()
+        new_all = set().union(*new_sets)
+        threshold = min(shamir_threshold or meta.shamir_threshold, len(groups))
+        broken = any(p.group < len(groups) and p.recipient in groups[p.group] for p in meta.stanza_problems())
+        if old_sets == new_sets and threshold == meta.shamir_threshold and not broken and not dropped:
+            return False, set(), set()
+        key = self.data_key()
+        if len(groups) > 1 and threshold < 2:
+            threshold = len(groups) if not shamir_threshold else threshold
+            if threshold < 2:
+                raise SopsError("several key groups need a shamir_threshold of at least 2", self.path)
+        shares, same = shares_for(key, len(groups), threshold, meta, self._parts)
+        if not same and any(kept):
+            raise SopsError(
+                f"the file keeps {fk.describe(kept)}, but the key groups' shares of the data key change with the "
+                "number of key groups or the shamir threshold, and only the real sops can wrap the new shares for "
+                f"them: sops updatekeys {self.path}", self.path)
+        new_meta = copy.copy(meta)
+        new_meta.shamir_threshold = threshold
+        new_meta.key_groups = wrap_groups(shares, groups)
+        new_meta.foreign = kept
+        self.metadata = new_meta
+        self._parts = dict(enumerate(shares))  # what the new groups hold, for a later change
+        self._metadata_changed = True
+        self._encoded = None
+        return True, new_all - old_all, (old_all - new_all) | set(dropped)
+
+    def rotate(self) -> None:
+        """New data key, every value encrypted again, new MAC and lastmodified (``sops rotate``).
+
+        A file that also has other master keys (pgp, kms, …) is refused: the
+        new key would have to be wrapped for them too.
+        """
+        meta = self.metadata
+        if meta.has_foreign_keys():
+            raise SopsError(
+                f"the file also has {fk.describe(meta.foreign)}: a new data key must be wrapped for them too, which "
+                f"only the real sops can do: sops rotate -i {self.path}", self.path)
+        self.documents()  # decrypted with the old key before it is replaced
+        key = os.urandom(32)
+        threshold = meta.shamir_threshold or len(meta.key_groups)
+        shares, _ = shares_for(key, len(meta.key_groups), threshold)
+        meta.key_groups = wrap_groups(shares, meta.recipients)
+        self._key, self._parts, self._stash = key, dict(enumerate(shares)), {}
+        self._touch_values()
+
+    # ----------------------------------------------------------------- output
+    @property
+    def changed(self) -> bool:
+        """Whether ``encode()`` differs from what was read (a new file always is)."""
+        return self.raw is None or self._values_changed or self._metadata_changed
+
+    def encode(self) -> bytes:
+        """The file's bytes: values encrypted again only when they changed.
+
+        Unchanged values keep their ciphertexts. After updatekeys alone only
+        the metadata block is replaced, in sops' layout, and every other byte
+        is kept. Stable: calling it again without a change gives the same bytes.
+        """
+        if self._encoded is None:
+            if self._values_changed:
+                enc_docs = seal(self.metadata, self.documents(), self.data_key(), self.store.floats,
+                                self._stash, self.path)
+                self._encoded = self.store.emit(enc_docs, self.metadata.to_mapping())
+            elif self._metadata_changed and self.raw is not None:
+                self._encoded = self._splice_metadata(self.raw)
+            else:
+                self._encoded = self.raw or b""
+        return self._encoded
+
+    def _splice_metadata(self, data: bytes) -> bytes:
+        block = self.store.emit_metadata(self.metadata.to_mapping())
+        out = bytearray()
+        pos = 0
+        for n, (start, end) in enumerate(self.spans):
+            out += data[pos:start]
+            if n == 0 or self.store.multi_document:
+                out += block
+            pos = end
+        out += data[pos:]
+        return bytes(out)
+
+    def write(self, sink: Sink | None = None) -> bool:
+        """Hand the new bytes to ``sink`` (default: replace the file atomically); False when unchanged."""
+        if not self.changed:
+            return False
+        data = self.encode()
+        (sink if sink is not None else FileSink()).write(self.path, data)
+        self.raw = data
+        self.spans, _ = self.store.find_metadata(data, self.path)
+        self._encrypted = None
+        self._values_changed = self._metadata_changed = False
+        return True
 
 
-# --------------------------------------------------------------------------- data key
-def _data_key(meta: Metadata, kr: Keyring, path: str | None) -> tuple[bytes, dict[int, bytes]]:
-    """(data key, {group index: share}) for the groups we could open."""
-    parts: dict[int, bytes] = {}
-    corrupt: list[str] = []
-    for gi, group in enumerate(meta.key_groups):
-        for stanza in group:
-            part = kr.unwrap(stanza.recipient, stanza.enc)
-            if part is not None:
-                parts[gi] = part
-                break
-            if kr.has_recipient(stanza.recipient):
-                corrupt.append(stanza.recipient)
-        if gi not in parts and not corrupt:
-            # A stanza may not match its recipient line (hand-edited file): try all identities once.
-            for stanza in group:
-                part = kr.unwrap_any(stanza.enc)
-                if part is not None:
-                    parts[gi] = part
-                    break
-    groups = len(meta.key_groups)
-    need = 1 if groups == 1 else (meta.shamir_threshold or groups)
-    if len(parts) < need:
-        if corrupt:
-            raise SopsDecryptError(
-                "the age-encrypted data key for recipient(s) " + ", ".join(corrupt)
-                + " cannot be decrypted although the matching identity is available: the 'enc' block "
-                "is truncated or corrupt", path)
-        listing = "; ".join(f"group {i + 1}: " + ", ".join(g) for i, g in enumerate(meta.recipients))
-        where = "; ".join(kr.searched) or "nowhere (no identity given)"
-        what = "no identity can open the data key" if groups == 1 else (
-            f"identities open {len(parts)} of {groups} key groups, {need} needed")
-        raise SopsNoIdentityError(
-            f"{what}. The file's recipients are: {listing}. Identities were searched in: {where}",
-            path, recipients=meta.recipients, searched=list(kr.searched))
-    if groups == 1:
-        key = parts[0]
-    else:
-        try:
-            key = shamir.combine(list(parts.values()))
-        except ValueError as exc:
-            raise SopsDecryptError(f"cannot combine the Shamir shares of the data key: {exc}", path) from None
-    if len(key) != 32:
-        raise SopsDecryptError(f"the data key has {len(key)} bytes, expected 32", path)
-    return key, parts
+# --------------------------------------------------------------------------- the verbs of the sops CLI
+def _sink(dry_run: bool, sink: Sink | None) -> Sink:
+    return NullSink() if dry_run else (sink if sink is not None else FileSink())
 
 
-def _wrap_groups(
-    key: bytes,
-    groups: list[list[str]],
-    threshold: int,
-    old: Metadata | None = None,
-    known_parts: dict[int, bytes] | None = None,
-) -> list[list[AgeStanza]]:
-    """Stanzas for ``groups``; recipients that stay keep their ``enc`` when the share is unchanged."""
-    n = len(groups)
-    reuse = old is not None and len(old.key_groups) == n and (n == 1 or old.shamir_threshold == threshold)
-    if n == 1:
-        shares = [key]
-    elif reuse and known_parts is not None and len(known_parts) >= 2:
-        # sops' shares sit at x = group index + 1, so the shares we could not open are recomputed.
-        shares = [known_parts.get(i) or shamir.interpolate(list(known_parts.values()), i + 1) for i in range(n)]
-    else:
-        reuse = False
-        shares = shamir.split(key, n, threshold)
-    out = []
-    for gi, group in enumerate(groups):
-        existing = {s.recipient: s.enc for s in old.key_groups[gi]} if reuse and old else {}
-        out.append([AgeStanza(r, existing.get(r) or wrap(shares[gi], r)) for r in group])
-    return out
-
-
-# --------------------------------------------------------------------------- encrypting a tree
-def _encrypt_tree(
-    docs: list[dict], key: bytes, rules: Rules, floats: bool, stash: dict | None, path: str | None
-) -> tuple[list[dict], str]:
-    h = new_mac_hash(rules)
-
-    def leaf(value: Any, kpath: list[str], stack: list[list[str]], is_comment: bool) -> Any:
-        encrypted = rules.should_encrypt(kpath, stack, is_comment)
-        if not encrypted and isinstance(value, float) and value == 0:
-            # -0.0 is written as '-0', which reads back as the int 0: hash what will be read.
-            value = 0.0
-        if (not rules.mac_only_encrypted or encrypted) and not is_comment:
-            try:
-                h.update(aes.to_bytes(value, floats))
-            except aes.ValueError_ as exc:
-                raise SopsError(f"at '{':'.join(kpath)}': {exc}", path) from None
-        if not encrypted:
-            return value
-        aad = ":".join(kpath) + ":"
-        try:
-            vtype = aes.value_type(value, floats)
-            plain = aes.to_bytes(value, floats)
-        except aes.ValueError_ as exc:
-            raise SopsError(f"at '{':'.join(kpath)}': {exc}", path) from None
-        if stash is not None and (aad, vtype, plain) in stash:
-            out = stash[(aad, vtype, plain)]
-        else:
-            out = aes.encrypt_value(value, key, aad, floats)
-        if is_comment:
-            text = out.text if isinstance(out, Comment) else out
-            if rules.unencrypted_comment_regex and isinstance(text, str):
-                import re
-
-                if re.search(rules.unencrypted_comment_regex, text):
-                    raise SopsError("an encrypted comment matches unencrypted_comment_regex", path)
-            # In lists sops leaves the encrypted comment as a plain string item; mirror it.
-            return text
-        return out
-
-    try:
-        out = walk(copy.deepcopy(docs), leaf)
-    except TypeError as exc:
-        raise SopsFormatError(str(exc), path) from None
-    return out, h.hexdigest().upper()
-
-
-def _seal(file_meta: Metadata, docs: list[dict], key: bytes, floats: bool, stash: dict | None, path: str | None
-          ) -> list[dict]:
-    enc_docs, mac = _encrypt_tree(docs, key, file_meta.rules, floats, stash, path)
-    file_meta.lastmodified = now_lastmodified()
-    file_meta.mac = aes.encrypt_value(mac, key, file_meta.lastmodified)
-    return enc_docs
-
-
-def _write(path: str, data: bytes) -> None:
-    try:
-        atomic_write(path, data)
-    except OSError as exc:
-        raise SopsError(f"cannot write: {exc.strerror}", path) from None
-
-
-# --------------------------------------------------------------------------- public operations
 def load(path: str, fmt: str | None = None) -> SopsFile:
-    """Read a sops file and parse its metadata (nothing is decrypted)."""
-    if fmt is not None:
-        store_for(fmt)  # an unknown format is refused before touching the disk
-    return SopsFile(path, _read(path), fmt)
+    """Read a sops file and parse its metadata (nothing is decrypted): ``SopsFile.open``."""
+    return SopsFile.open(path, fmt)
 
 
 def encrypt_file(
@@ -349,61 +427,18 @@ def encrypt_file(
     shamir_threshold: int | None = None,
     fmt: str | None = None,
     dry_run: bool = False,
+    sink: Sink | None = None,
 ) -> bytes:
     """Create ``path`` encrypted for ``key_groups`` (like ``sops encrypt``); returns the bytes written.
 
-    ``data`` is a dict (str for one YAML document, list of dicts for several),
-    or bytes for binary files. ``rule_options`` takes sops' rule names
-    (unencrypted_suffix, encrypted_regex, mac_only_encrypted, …).
+    ``data`` is a dict (a list of dicts for several YAML documents), or bytes
+    for binary files. ``rule_options`` takes sops' rule names.
     """
-    fmt = fmt or format_for_path(path)
-    store = store_for(fmt)
-    groups = _validate_groups(key_groups, path)
-    opts = dict(rule_options or {})
-    unknown = set(opts) - set(_RULE_OPTIONS)
-    if unknown:
-        raise SopsError(f"unknown rule option(s): {', '.join(sorted(unknown))}", path)
-    mac_only = bool(opts.pop("mac_only_encrypted", False))
-    rules = Rules(**{k: v for k, v in opts.items() if v}, mac_only_encrypted=mac_only)
-    if rules.count() > 1:
-        raise SopsError("only one of the suffix/regex rules can be used", path)
-    if fmt == "binary":
-        if not isinstance(data, (bytes, bytearray)):
-            raise SopsError("binary files take bytes as data", path)
-        docs = store.to_tree(bytes(data))
-        rules = Rules(mac_only_encrypted=mac_only)
-    else:
-        docs = data if isinstance(data, list) else [data]
-        if not all(isinstance(d, dict) for d in docs):
-            raise SopsError(f"{fmt} files hold a mapping at the top level", path)
-        if fmt != "yaml" and len(docs) != 1:
-            raise SopsError(f"{fmt} files hold exactly one document", path)
-        if any("sops" in d for d in docs) or (fmt == "dotenv" and any(
-                isinstance(k, str) and k.startswith("sops_") for k in docs[0])):
-            raise SopsError("the data has a top-level 'sops' entry, which sops reserves for its metadata", path)
-        if rules.count() == 0:
-            rules.unencrypted_suffix = "_unencrypted"
-    n = len(groups)
-    threshold = 0
-    if n > 1:
-        threshold = shamir_threshold or n
-        if not 2 <= threshold <= n:
-            raise SopsError(f"shamir_threshold must be between 2 and {n}", path)
-    elif shamir_threshold:
-        threshold = shamir_threshold
-    key = os.urandom(32)
-    meta = Metadata(key_groups=[], version=SOPS_VERSION, shamir_threshold=threshold, rules=rules)
-    meta.key_groups = _wrap_groups(key, groups, threshold or 2)
-    enc_docs = _seal(meta, docs, key, store.FLOATS, None, path)
-    out = store.emit(enc_docs, meta.to_mapping())
-    if not dry_run:
-        _write(path, out)
+    sf = SopsFile.create(path, key_groups, rule_options, shamir_threshold, fmt)
+    sf.replace(data)
+    out = sf.encode()
+    sf.write(_sink(dry_run, sink))
     return out
-
-
-def _rewrite(sf: SopsFile, docs: list[dict], key: bytes, stash: dict | None) -> bytes:
-    enc_docs = _seal(sf.metadata, docs, key, sf.store.FLOATS, stash, sf.path)
-    return sf.store.emit(enc_docs, sf.metadata.to_mapping())
 
 
 def set_value(
@@ -414,6 +449,7 @@ def set_value(
     create_for: list[list[str]] | None = None,
     rule_options: dict[str, Any] | None = None,
     dry_run: bool = False,
+    sink: Sink | None = None,
 ) -> bool:
     """Set the value at ``keypath`` (like ``sops set``); True when the file changed.
 
@@ -426,42 +462,22 @@ def set_value(
     if not os.path.exists(path):
         if create_for is None:
             raise SopsError("file not found (give create_for to create it)", path)
-        tree, _ = set_path({}, list(keypath), value)
-        encrypt_file(path, tree, create_for, rule_options, dry_run=dry_run)
-        return True
-    sf = load(path)
-    if sf.format == "binary":
-        raise SopsError("binary files hold no key paths; use encrypt_file to replace them", path)
-    kr = keyring(identities)
-    key = sf.data_key(kr)
-    docs = sf._decrypt_tree(key)
-    if isinstance(keypath[0], int):
-        raise SopsKeyPathError("the first element of a key path must be a key, not an index", path)
-    docs[0], changed = set_path(docs[0], list(keypath), value)
-    if not changed:
-        return False
-    out = _rewrite(sf, docs, key, sf._stash)
-    if not dry_run:
-        _write(path, out)
-    return True
+        sf = SopsFile.create(path, create_for, rule_options)
+    else:
+        sf = SopsFile.open(path).unlock(identities)
+    changed = sf.set(keypath, value)
+    sf.write(_sink(dry_run, sink))
+    return changed
 
 
-def unset_value(path: str, keypath: list[str | int], identities: Identities = None, dry_run: bool = False) -> bool:
+def unset_value(
+    path: str, keypath: list[str | int], identities: Identities = None, dry_run: bool = False, sink: Sink | None = None
+) -> bool:
     """Remove the value at ``keypath`` (like ``sops unset``); False when it was not there."""
-    sf = load(path)
-    kr = keyring(identities)
-    key = sf.data_key(kr)
-    docs = sf._decrypt_tree(key)
-    try:
-        docs[0] = unset_path(docs[0], list(keypath))
-    except (KeyError, IndexError):
-        return False
-    except TypeError as exc:
-        raise SopsKeyPathError(str(exc), path) from None
-    out = _rewrite(sf, docs, key, sf._stash)
-    if not dry_run:
-        _write(path, out)
-    return True
+    sf = SopsFile.open(path).unlock(identities)
+    changed = sf.unset(keypath)
+    sf.write(_sink(dry_run, sink))
+    return changed
 
 
 def updatekeys(
@@ -470,70 +486,23 @@ def updatekeys(
     identities: Identities = None,
     shamir_threshold: int | None = None,
     dry_run: bool = False,
-    write: Callable[[str, bytes], None] | None = None,
+    sink: Sink | None = None,
+    foreign: list[dict[str, Any]] | None = None,
 ) -> tuple[bool, set[str], set[str]]:
-    """Re-wrap the same data key for ``key_groups`` (``sops updatekeys -y``).
-
-    Values, ``mac`` and ``lastmodified`` stay; only the metadata block is
-    replaced, in sops' layout, so every other byte is kept. Recipients that
-    stay keep their ``enc`` (sops re-encrypts them; both are valid). Returns
-    (changed, added recipients, removed recipients). ``write(path, data)``
-    replaces the atomic write (a fleet operation stages every file first).
-    """
-    data = _read(path)
-    sf = SopsFile(path, data)
-    meta = sf.metadata
-    if meta.has_foreign_keys():
-        raise SopsError("the file has non-age master keys (pgp, kms, …); the native engine only handles age", path)
-    groups = _validate_groups(key_groups, path)
-    old_sets = [set(g) for g in meta.recipients]
-    new_sets = [set(g) for g in groups]
-    old_all = set().union(*old_sets) if old_sets else set()
-    new_all = set().union(*new_sets)
-    threshold = meta.shamir_threshold
-    if shamir_threshold:
-        threshold = shamir_threshold
-    threshold = min(threshold, len(groups))
-    keys_change = old_sets != new_sets
-    if not keys_change and threshold == meta.shamir_threshold:
-        return False, set(), set()
-    added, removed = new_all - old_all, old_all - new_all
-    kr = keyring(identities)
-    key, parts = _data_key(meta, kr, path)
-    if len(groups) > 1 and threshold < 2:
-        threshold = len(groups) if not shamir_threshold else threshold
-        if threshold < 2:
-            raise SopsError("several key groups need a shamir_threshold of at least 2", path)
-    new_meta = copy.copy(meta)
-    new_meta.shamir_threshold = threshold
-    new_meta.key_groups = _wrap_groups(key, groups, threshold, meta, parts)
-    block = sf.store.emit_metadata(new_meta.to_mapping())
-    out = bytearray()
-    pos = 0
-    for n, (start, end) in enumerate(sf.spans):
-        out += data[pos:start]
-        if n == 0 or sf.format == "yaml":
-            out += block
-        pos = end
-    out += data[pos:]
-    if not dry_run:
-        (write or _write)(path, bytes(out))
-    return True, added, removed
+    """``sops updatekeys -y`` on one file (see SopsFile.updatekeys); ``sink`` receives the new bytes."""
+    sf = SopsFile.open(path).unlock(identities)
+    result = sf.updatekeys(key_groups, shamir_threshold, foreign)
+    sf.write(_sink(dry_run, sink))
+    return result
 
 
-def rotate(path: str, identities: Identities = None, dry_run: bool = False) -> bytes:
-    """New data key, every value re-encrypted, new MAC and lastmodified (``sops rotate``)."""
-    sf = load(path)
-    if sf.metadata.has_foreign_keys():
-        raise SopsError("the file has non-age master keys (pgp, kms, …); the native engine only handles age", path)
-    kr = keyring(identities)
-    old_key = sf.data_key(kr)
-    docs = sf._decrypt_tree(old_key)
-    key = os.urandom(32)
-    meta = sf.metadata
-    threshold = meta.shamir_threshold if len(meta.key_groups) > 1 else meta.shamir_threshold
-    meta.key_groups = _wrap_groups(key, meta.recipients, threshold or len(meta.key_groups))
-    out = _rewrite(sf, docs, key, None)
-    if not dry_run:
-        _write(path, out)
+def rotate(path: str, identities: Identities = None, dry_run: bool = False, sink: Sink | None = None) -> bytes:
+    """``sops rotate`` on one file: new data key, values encrypted again; returns the new bytes."""
+    sf = SopsFile.open(path).unlock(identities)
+    sf.rotate()
+    out = sf.encode()
+    sf.write(_sink(dry_run, sink))
     return out
+
+
+__all__ = ["SopsFile", "encrypt_file", "keyring", "load", "rotate", "set_value", "unset_value", "updatekeys"]

@@ -3,8 +3,10 @@
 """The ``sops`` metadata block: parsing, and emitting it in sops' field order.
 
 Field order and omission follow sops' ``stores.Metadata`` struct: one key group
-is written as top-level ``age``; several as ``key_groups`` (with the
-``hc_vault`` slot sops always writes) plus ``shamir_threshold``.
+is written as top-level ``age`` (and top-level ``pgp``, ``kms``, …); several as
+``key_groups`` (with the ``hc_vault`` and ``age`` slots sops always writes)
+plus ``shamir_threshold``. Master keys of other kinds are kept entry for entry
+(see foreign.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import foreign as fk
 from .errors import SopsFormatError
+from .stanzas import StanzaProblem, stanza_problem
 from .stores.goyaml import NilList
 from .tree import DEFAULT_UNENCRYPTED_SUFFIX, Rules
 
@@ -27,7 +31,6 @@ RULE_FIELDS = (
     "unencrypted_comment_regex",
     "encrypted_comment_regex",
 )
-_FOREIGN = ("pgp", "kms", "gcp_kms", "azure_kv", "hc_vault")
 
 
 @dataclass
@@ -48,17 +51,32 @@ class Metadata:
     version: str = ""
     shamir_threshold: int = 0
     rules: Rules = field(default_factory=Rules)
-    # Master keys of other kinds (pgp, kms, …) per group, kept so that we can refuse to drop them.
-    foreign: list[dict[str, Any]] = field(default_factory=list)
+    # Master keys of other kinds per group ({kind: [entries as sops wrote them]}), kept as they are.
+    foreign: list[fk.Foreign] = field(default_factory=list)
     # Explicit rule fields as written in the file (sops applies the default suffix only in memory).
     written_rules: dict[str, Any] = field(default_factory=dict)
 
     @property
     def recipients(self) -> list[list[str]]:
+        """Age recipients per key group, in file order."""
         return [[s.recipient for s in g] for g in self.key_groups]
 
     def has_foreign_keys(self) -> bool:
+        """Whether any key group also has master keys of another kind (pgp, kms, …)."""
         return any(v for g in self.foreign for v in g.values())
+
+    @property
+    def foreign_keys(self) -> list[dict[str, list[str]]]:
+        """The other master keys per key group, as {kind: [identifier as .sops.yaml names it]}."""
+        return [{k: [fk.entry_id(k, e) for e in entries] for k, entries in g.items()} for g in self.foreign]
+
+    def stanza_problems(self) -> list[StanzaProblem]:
+        """Age stanzas that are structurally broken (armor, header, one stanza of the recipient's type,
+        base64, sizes): checked without any identity, so a plan or an audit can see that a file needs a
+        rekey to repair them. Empty when all are sound."""
+        return [StanzaProblem(gi, s.recipient, problem)
+                for gi, group in enumerate(self.key_groups) for s in group
+                if (problem := stanza_problem(s.recipient, s.enc)) is not None]
 
     # ----------------------------------------------------------------- reading
     @classmethod
@@ -81,8 +99,8 @@ class Metadata:
             return out
 
         groups: list[list[AgeStanza]] = []
-        foreign: list[dict[str, Any]] = []
-        top_foreign = {k: raw.get(k) for k in _FOREIGN if raw.get(k)}
+        foreign: list[fk.Foreign] = []
+        top_foreign = fk.parse_group(raw, path, "sops")
         if raw.get("age") or top_foreign:
             groups.append(stanzas(raw.get("age"), "sops.age"))
             foreign.append(top_foreign)
@@ -93,7 +111,7 @@ class Metadata:
                 if not isinstance(group, dict):
                     raise SopsFormatError(f"sops.key_groups[{i}] is not a mapping", path)
                 groups.append(stanzas(group.get("age"), f"sops.key_groups[{i}].age"))
-                foreign.append({k: group.get(k) for k in _FOREIGN if group.get(k)})
+                foreign.append(fk.parse_group(group, path, f"sops.key_groups[{i}]"))
         else:
             raise SopsFormatError("no keys found in the 'sops' metadata", path)
         written = {k: raw[k] for k in RULE_FIELDS if raw.get(k)}
@@ -136,19 +154,29 @@ class Metadata:
         def age_list(group: list[AgeStanza]) -> list[dict[str, str]]:
             return [{"recipient": s.recipient, "enc": s.enc} for s in group]
 
+        def kinds(group: fk.Foreign, order: tuple[str, ...]) -> dict[str, Any]:
+            return {k: [fk.layout(k, e) for e in group[k]] for k in order if group.get(k)}
+
         out: dict[str, Any] = {}
         if self.shamir_threshold:
             out["shamir_threshold"] = self.shamir_threshold
+        foreign = list(self.foreign) + [{}] * (len(self.key_groups) - len(self.foreign))
         if len(self.key_groups) > 1:
             groups = []
-            for g in self.key_groups:
-                entry: dict[str, Any] = {"hc_vault": NilList(), "age": age_list(g) if g else NilList()}
+            for g, other in zip(self.key_groups, foreign, strict=False):
+                entry = kinds(other, fk.GROUP_ORDER)
+                entry.setdefault("hc_vault", NilList())
+                entry["age"] = age_list(g) if g else NilList()
                 groups.append(entry)
             out["key_groups"] = groups
-        elif self.key_groups and self.key_groups[0]:
-            out["age"] = age_list(self.key_groups[0])
+        elif self.key_groups:
+            out.update(kinds(foreign[0], fk.TOP_ORDER))
+            if self.key_groups[0]:
+                out["age"] = age_list(self.key_groups[0])
         out["lastmodified"] = normalize_lastmodified(self.lastmodified)
         out["mac"] = self.mac
+        if len(self.key_groups) == 1:
+            out.update(kinds(foreign[0], ("pgp",)))
         for name in RULE_FIELDS:
             value = getattr(self.rules, name)
             if value:

@@ -79,6 +79,7 @@ class Rules:
     mac_only_encrypted: bool = False
 
     def count(self) -> int:
+        """How many of the suffix/regex rules are set (sops allows one)."""
         return sum(
             1
             for v in (
@@ -175,6 +176,7 @@ def walk(branches: list[dict], leaf: Leaf) -> list[dict]:
 
 
 def new_mac_hash(rules: Rules) -> Any:
+    """The SHA-512 the MAC is computed with (seeded for mac_only_encrypted, as sops does)."""
     h = hashlib.sha512()
     if rules.mac_only_encrypted:
         h.update(MAC_ONLY_ENCRYPTED_INIT)
@@ -182,6 +184,11 @@ def new_mac_hash(rules: Rules) -> Any:
 
 
 # --------------------------------------------------------------------------- key paths
+def display_key_path(keypath: list[str | int]) -> str:
+    """A key path as users write it: keys joined by ``/``, list indexes as ``[n]``."""
+    return "/".join(f"[{p}]" if isinstance(p, int) else p for p in keypath)
+
+
 def get_path(tree: Any, keypath: list[str | int]) -> Any:
     """The value at ``keypath``; KeyError/IndexError/TypeError when it is not there."""
     cur = tree

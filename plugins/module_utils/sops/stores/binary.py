@@ -6,33 +6,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import SopsFormatError
-from . import json as _json
-
-NAME = "binary"
-FLOATS = True
-load = _json.load
-emit = _json.emit
-find_metadata = _json.find_metadata
-emit_metadata = _json.emit_metadata
+from ..errors import SopsError, SopsFormatError
+from .json import JsonStore
 
 
-def to_tree(content: bytes) -> list[dict]:
-    """A plain file's bytes as sops' binary tree (raw bytes survive via surrogateescape)."""
-    return [{"data": content.decode("utf-8", "surrogateescape")}]
+class BinaryStore(JsonStore):
+    """sops' binary store: JSON on disk, one ``data`` string in the tree, no key paths."""
 
+    name = "binary"
+    floats = True
+    structured = False
 
-def from_tree(docs: list[dict], path: str | None = None) -> bytes:
-    """The file bytes held in a decrypted binary tree."""
-    value = docs[0].get("data") if docs else None
-    if not isinstance(value, str):
-        raise SopsFormatError("no binary data found in the tree ('data' must be a string)", path)
-    return value.encode("utf-8", "surrogateescape")
+    def to_documents(self, data: Any, path: str | None = None) -> list[dict]:
+        """A plain file's bytes as sops' binary tree (raw bytes survive via surrogateescape)."""
+        if not isinstance(data, (bytes, bytearray)):
+            raise SopsError("binary files take bytes as data", path)
+        return [{"data": bytes(data).decode("utf-8", "surrogateescape")}]
 
+    def from_documents(self, docs: list[dict], path: str | None = None) -> bytes:
+        """The file bytes held in a decrypted binary tree."""
+        value = docs[0].get("data") if docs else None
+        if not isinstance(value, str):
+            raise SopsFormatError("no binary data found in the tree ('data' must be a string)", path)
+        return value.encode("utf-8", "surrogateescape")
 
-def emit_plain(docs: list[dict]) -> bytes:
-    return from_tree(docs)
-
-
-def check(docs: Any) -> None:
-    return None
+    def emit_plain(self, docs: list[dict]) -> bytes:
+        """The file's own bytes."""
+        return self.from_documents(docs)

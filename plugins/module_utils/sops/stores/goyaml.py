@@ -403,15 +403,18 @@ def _emit_scalar_value(out: _Out, prefix: str, value: Any, indent: int, in_seq: 
     if isinstance(value, str):
         style = _style(value, False)
         if style == "literal":
+            content_indent = indent + 2 if in_seq else _next_indent(indent)
             hints = ""
             if value[0] in " \n\r\x85\u2028\u2029":
-                hints += str(INDENT)
+                # The indentation indicator counts from the enclosing block. yaml.v3 writes 4 for a
+                # sequence item too, whose text sits 2 past the dash, and then cannot read its own
+                # output (nor can sops): write the indicator that matches the text.
+                hints += str(content_indent - indent)
             if value[-1] not in _BREAKS:
                 hints += "-"
             elif len(value) == 1 or value[-2] in _BREAKS:
                 hints += "+"
             out.lines.append(prefix + ("|" if prefix.endswith(" ") else " |") + hints)
-            content_indent = indent + 2 if in_seq else _next_indent(indent)
             body = value[:-1] if value.endswith("\n") else value
             for line in body.split("\n"):
                 out.lines.append((" " * content_indent + line) if line else "")

@@ -15,9 +15,9 @@ from typing import Any
 from ..errors import SopsFormatError
 from ..metadata import flatten, unflatten
 from ..tree import Comment
+from . import StructuredStore
+from .dotenv import value_text
 
-NAME = "ini"
-FLOATS = False
 DEFAULT = "DEFAULT"
 _SECTION_RE = re.compile(r"^\s*\[([^\]]*)\]")
 
@@ -38,9 +38,20 @@ def _unquote(value: str) -> str:
     return value
 
 
+def _check_unique(name: str, number: int, first: int, path: str | None) -> None:
+    # sops (ini.v1) keeps a repeated section as a second one, but INI readers merge or pick one,
+    # and a tree of mappings cannot hold both. (A repeated key in one section, ini.v1 merges:
+    # the last value at the first place; so does the dict a section becomes here.)
+    if first != number:
+        raise SopsFormatError(
+            f"line {number}: section [{name}] appears again (first at line {first}); sops keeps both, but "
+            "programs reading the file merge them: make them one section (sops edit)", path)
+
+
 def _parse(text: str, path: str | None) -> list[tuple[str, list[str], list[tuple[str, str, list[str]]]]]:
     """[(section, section comments, [(key, value, key comments)])] in file order."""
     sections: list[tuple[str, list[str], list[tuple[str, str, list[str]]]]] = [(DEFAULT, [], [])]
+    first_line: dict[str, int] = {}
     pending: list[str] = []
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
@@ -51,7 +62,9 @@ def _parse(text: str, path: str | None) -> list[tuple[str, list[str], list[tuple
             continue
         m = _SECTION_RE.match(line)
         if m:
-            sections.append((m.group(1).strip(), pending, []))
+            name = m.group(1).strip()
+            _check_unique(name, number, first_line.setdefault(name, number), path)
+            sections.append((name, pending, []))
             pending = []
             continue
         pos = min((i for i in (line.find("="), line.find(":")) if i >= 0), default=-1)
@@ -70,31 +83,6 @@ def _parse(text: str, path: str | None) -> list[tuple[str, list[str], list[tuple
                 value = value[:cut].strip()
         sections[-1][2].append((_unquote(key), value, comments))
     return sections
-
-
-def load(data: bytes, path: str | None = None) -> tuple[list[dict], dict | None]:
-    """Parse an INI file into {section: {key: value}} (comments kept) and its metadata."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SopsFormatError("not UTF-8 text, cannot be an INI file", path) from None
-    doc: dict = {}
-    meta: dict | None = None
-    for name, comments, keys in _parse(text, path):
-        if name == DEFAULT and not keys and not comments:
-            continue
-        if name == "sops":
-            meta = unflatten({k: v for k, v, _ in keys})
-            continue
-        branch: dict = {}
-        if comments:
-            branch[Comment(_strip_comment_char("\n".join(comments)))] = None
-        for key, value, kcomments in keys:
-            branch[key] = value
-            if kcomments:
-                branch[Comment(_strip_comment_char("\n".join(kcomments)))] = None
-        doc[name] = branch
-    return [doc], meta
 
 
 def _quote_key(key: str) -> str:
@@ -126,11 +114,7 @@ def _comment_lines(text: str) -> list[str]:
 
 
 def _value_text(value: Any) -> str:
-    from .dotenv import _value_text as dv
-
-    if isinstance(value, str):
-        return value
-    return dv(value)
+    return value if isinstance(value, str) else value_text(value)
 
 
 def _section(name: str, comment: str | None, keys: list[tuple[str, str, str | None]]) -> list[str]:
@@ -184,36 +168,69 @@ def _render(sections: list[tuple[str, str | None, list[tuple[str, str, str | Non
     return "\n".join(blocks)
 
 
-def emit_plain(docs: list[dict]) -> bytes:
-    return _render(_sections(docs[0] if docs else {})).encode("utf-8", "surrogateescape")
-
-
 def _meta_keys(metadata: dict[str, Any]) -> list[tuple[str, str, str | None]]:
     flat = flatten(metadata)
     return [(k, flat[k], None) for k in sorted(flat)]
 
 
-def emit_metadata(metadata: dict[str, Any]) -> bytes:
-    return ("\n".join(_section("sops", None, _meta_keys(metadata))) + "\n").encode("utf-8")
+class IniStore(StructuredStore):
+    """sops' INI store: sections of string values."""
 
+    name = "ini"
 
-def emit(docs: list[dict], metadata: dict[str, Any]) -> bytes:
-    sections = _sections(docs[0] if docs else {}) + [("sops", None, _meta_keys(metadata))]
-    return _render(sections).encode("utf-8", "surrogateescape")
+    def load(self, data: bytes, path: str | None = None) -> tuple[list[dict], dict | None]:
+        """Parse an INI file into {section: {key: value}} (comments kept) and its metadata."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SopsFormatError("not UTF-8 text, cannot be an INI file", path) from None
+        doc: dict = {}
+        meta: dict | None = None
+        for name, comments, keys in _parse(text, path):
+            if name == DEFAULT and not keys and not comments:
+                continue
+            if name == "sops":
+                meta = unflatten({k: v for k, v, _ in keys})
+                continue
+            branch: dict = {}
+            if comments:
+                branch[Comment(_strip_comment_char("\n".join(comments)))] = None
+            for key, value, kcomments in keys:
+                branch[key] = value
+                if kcomments:
+                    branch[Comment(_strip_comment_char("\n".join(kcomments)))] = None
+            doc[name] = branch
+        return [doc], meta
 
+    def emit_plain(self, docs: list[dict]) -> bytes:
+        """The plain INI file (what ``sops decrypt`` prints)."""
+        return _render(_sections(docs[0] if docs else {})).encode("utf-8", "surrogateescape")
 
-def find_metadata(data: bytes, path: str | None = None) -> tuple[list[tuple[int, int]], dict | None]:
-    """Span of the ``[sops]`` section (header to next section or end) and its metadata."""
-    m = re.search(rb"^[ \t]*\[sops\][ \t]*\r?$", data, re.M)
-    if not m:
-        return [], None
-    nxt = re.compile(rb"^[ \t]*\[", re.M).search(data, m.end())
-    end = nxt.start() if nxt else len(data)
-    if nxt:
-        # Keep the blank separator line before the next section outside the span.
-        while end > m.end() and data[end - 2 : end] == b"\n\n":
-            end -= 1
-    block = data[m.start() : end].decode("utf-8", "replace")
-    secs = _parse(block, path)
-    keys = next((k for n, _, k in secs if n == "sops"), [])
-    return [(m.start(), end)], unflatten({k: v for k, v, _ in keys})
+    def emit_metadata(self, metadata: dict[str, Any]) -> bytes:
+        """The ``[sops]`` section (keys sorted; sops writes them in Go map order)."""
+        return ("\n".join(_section("sops", None, _meta_keys(metadata))) + "\n").encode("utf-8")
+
+    def emit(self, docs: list[dict], metadata: dict[str, Any]) -> bytes:
+        """The whole encrypted file: the sections, then ``[sops]``."""
+        sections = _sections(docs[0] if docs else {}) + [("sops", None, _meta_keys(metadata))]
+        return _render(sections).encode("utf-8", "surrogateescape")
+
+    def find_metadata(self, data: bytes, path: str | None = None) -> tuple[list[tuple[int, int]], dict | None]:
+        """Span of the ``[sops]`` section (header to next section or end) and its metadata."""
+        headers = list(re.finditer(rb"^[ \t]*\[sops\][ \t]*\r?$", data, re.M))
+        if not headers:
+            return [], None
+        m = headers[0]
+        if len(headers) > 1:
+            _check_unique("sops", data.count(b"\n", 0, headers[1].start()) + 1,
+                          data.count(b"\n", 0, m.start()) + 1, path)
+        nxt = re.compile(rb"^[ \t]*\[", re.M).search(data, m.end())
+        end = nxt.start() if nxt else len(data)
+        if nxt:
+            # Keep the blank separator line before the next section outside the span.
+            while end > m.end() and data[end - 2 : end] == b"\n\n":
+                end -= 1
+        block = data[m.start() : end].decode("utf-8", "replace")
+        secs = _parse(block, path)
+        keys = next((k for n, _, k in secs if n == "sops"), [])
+        return [(m.start(), end)], unflatten({k: v for k, v, _ in keys})

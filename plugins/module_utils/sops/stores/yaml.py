@@ -11,10 +11,9 @@ import yaml as pyyaml
 
 from ..errors import SopsFormatError
 from ..tree import Comment
+from . import StructuredStore
 from .goyaml import emit_documents, emit_mapping_block, resolve_plain
 
-NAME = "yaml"
-FLOATS = False
 _Loader = getattr(pyyaml, "CSafeLoader", pyyaml.SafeLoader)
 _SOPS_LINE = re.compile(r"^sops:[ \t]*(#.*)?$", re.M)
 
@@ -35,15 +34,38 @@ def _scalar(node: pyyaml.ScalarNode) -> Any:
     return node.value
 
 
+# An alias makes the builder walk its anchor's subtree again. A few are normal; a "billion
+# laughs" document nests them so that a few hundred bytes expand to billions of values. Allow
+# the expansion to outgrow the document's own size only by this factor (plus a fixed margin).
+ALIAS_FACTOR = 10
+ALIAS_MARGIN = 10_000
+
+
 class _Builder:
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, line_offset: int = 0) -> None:
         self.path = path
+        self.line_offset = line_offset  # where the parsed text starts in the file (metadata block)
         self.anchors: list[tuple[int, int, _Container]] = []
         self.covered: set[int] = set()
+        self.parents: dict[int, _Container] = {}
+        self._distinct: set[int] = set()
+        self._visits = 0
+
+    def _count(self, node: pyyaml.Node) -> None:
+        self._visits += 1
+        if id(node) in self._distinct:
+            if self._visits > ALIAS_FACTOR * len(self._distinct) + ALIAS_MARGIN:
+                raise SopsFormatError(
+                    f"YAML aliases (line {node.start_mark.line + 1 + self.line_offset} and others) expand to more "
+                    f"than {self._visits} values, {ALIAS_FACTOR} times the document's own size: refusing to load "
+                    "it (an alias bomb?); write the values out instead of nesting aliases", self.path)
+        else:
+            self._distinct.add(id(node))
 
     def node(self, node: pyyaml.Node, depth: int = 0) -> Any:
         if depth > 500:
             raise SopsFormatError("YAML nesting too deep", self.path)
+        self._count(node)
         if isinstance(node, pyyaml.ScalarNode):
             if node.end_mark.line > node.start_mark.line:
                 end = node.end_mark.line if node.end_mark.column > 0 else node.end_mark.line - 1
@@ -59,14 +81,22 @@ class _Builder:
         if isinstance(node, pyyaml.MappingNode):
             col = node.value[0][0].start_mark.column if node.value else node.start_mark.column
             c = _Container(col, True)
+            first_line: dict[str, int] = {}
             for k, v in node.value:
                 if not isinstance(k, pyyaml.ScalarNode):
                     raise SopsFormatError("complex mapping keys are not supported", self.path)
                 key = _scalar(k)
                 if not isinstance(key, str):
                     raise SopsFormatError(
-                        f"line {k.start_mark.line + 1}: only string keys are supported (found {k.value!r}); "
-                        "quote the key", self.path)
+                        f"line {k.start_mark.line + 1 + self.line_offset}: only string keys are supported "
+                        f"(found {k.value!r}); quote the key", self.path)
+                line = k.start_mark.line + 1 + self.line_offset
+                if key in first_line:
+                    # yaml.v3 (so sops) refuses a mapping that names a key twice; so do we, in its words.
+                    raise SopsFormatError(
+                        f'line {line}: mapping key "{key}" already defined at line {first_line[key]}; '
+                        "remove one of them", self.path)
+                first_line[key] = line
                 if not node.flow_style:
                     self.anchors.append((k.start_mark.line, col, c))
                 c.entries.append((k.start_mark.line, key, self.node(v, depth + 1)))
@@ -143,51 +173,6 @@ def _index_parents(value: Any, b: _Builder, parent: _Container | None = None) ->
             _index_parents(v, b, value)
 
 
-def load(data: bytes, path: str | None = None) -> tuple[list[dict], dict | None]:
-    """Parse a (sops) YAML file into documents (comments kept) and its raw ``sops`` mapping."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SopsFormatError("not UTF-8 text, cannot be a sops YAML file", path) from None
-    try:
-        roots = list(pyyaml.compose_all(text, Loader=_Loader))
-    except pyyaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SopsFormatError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", path) from None
-    lines = text.split("\n")
-    docs: list[dict] = []
-    meta: dict | None = None
-    starts = [r.start_mark.line if r is not None else 0 for r in roots]
-    for n, root in enumerate(roots):
-        if root is None:
-            docs.append({})
-            continue
-        if isinstance(root, pyyaml.SequenceNode):
-            raise SopsFormatError("YAML documents that are sequences are not supported", path)
-        if isinstance(root, pyyaml.ScalarNode):
-            if root.value in ("", "~", "null", "Null", "NULL") and root.style is None:
-                docs.append({})
-                continue
-            raise SopsFormatError("YAML documents that are values are not supported", path)
-        b = _Builder(path)
-        b.parents = {}
-        built = b.node(root)
-        _index_parents(built, b)
-        first = 0 if n == 0 else max(roots[n - 1].end_mark.line if roots[n - 1] else 0, starts[n - 1])
-        last = starts[n + 1] if n + 1 < len(roots) else len(lines)
-        if n + 1 < len(roots):
-            last = roots[n].end_mark.line + 1
-        _place_comments(lines, b, built, first, min(last, len(lines)))
-        doc = _finish(built)
-        if "sops" in doc:
-            raw = _plain(doc.pop("sops"))
-            if meta is None:
-                meta = raw
-        docs.append(doc)
-    return docs, meta
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items() if not isinstance(k, Comment)}
@@ -196,56 +181,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def emit(docs: list[dict], metadata: dict[str, Any]) -> bytes:
-    """The whole encrypted file: every document gets the metadata as its last key."""
-    out = []
-    for doc in docs or [{}]:
-        full = dict(doc)
-        full["sops"] = metadata
-        out.append(full)
-    return emit_documents(out).encode("utf-8")
-
-
-def emit_plain(docs: list[dict]) -> bytes:
-    """Plain YAML in sops' layout (what ``sops decrypt`` prints)."""
-    return emit_documents(docs).encode("utf-8")
-
-
 # --------------------------------------------------------------------------- metadata-only access
-def find_metadata(data: bytes, path: str | None = None) -> tuple[list[tuple[int, int]], dict | None]:
-    """Byte spans of each top-level ``sops:`` block and the parsed metadata, without parsing the rest."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SopsFormatError("not UTF-8 text, cannot be a sops YAML file", path) from None
-    spans: list[tuple[int, int]] = []
-    for m in _SOPS_LINE.finditer(text):
-        start = m.start()
-        # The block ends at the next line that starts in column 0 (key, comment, '---').
-        end_m = re.compile(r"^[^ \t\r\n]", re.M).search(text, m.end() + 1)
-        end = end_m.start() if end_m else len(text)
-        spans.append((start, end))
-    if not spans:
-        return [], None
-    start, end = spans[0]
-    block = text[start:end]
-    try:
-        parsed = _fast_block(block)
-    except _Bail:
-        try:
-            parsed = pyyaml.load(block, Loader=_Loader)
-        except pyyaml.YAMLError:
-            parsed = None
-    if not isinstance(parsed, dict) or "sops" not in parsed:
-        return [], None
-    # Byte offsets, since the caller splices bytes.
-    if data.isascii():
-        bspans = spans
-    else:
-        bspans = [(len(text[:s].encode("utf-8")), len(text[:e].encode("utf-8"))) for s, e in spans]
-    return bspans, _fix_loaded(parsed["sops"])
-
-
 class _Bail(Exception):
     """The block is not in sops' own layout; the full YAML parser takes over."""
 
@@ -353,11 +289,109 @@ def _fast_block(block: str) -> dict:
     return parsed
 
 
-def _fix_loaded(meta: Any) -> Any:
-    # PyYAML (YAML 1.1) turns an unquoted timestamp into datetime; sops quotes it, but be lenient.
-    return meta
+def _load_block(block: str, path: str | None, line_offset: int) -> Any:
+    """A metadata block that is not in sops' own layout, through the full parser (same limits as values)."""
+    try:
+        root = pyyaml.compose(block, Loader=_Loader)
+    except pyyaml.YAMLError:
+        return None
+    if not isinstance(root, pyyaml.MappingNode):
+        return None
+    return _plain(_finish(_Builder(path, line_offset).node(root)))
 
 
-def emit_metadata(metadata: dict[str, Any]) -> bytes:
-    """The ``sops:`` block text exactly as sops writes it at the end of a document."""
-    return emit_mapping_block("sops", metadata).encode("utf-8")
+class YamlStore(StructuredStore):
+    """sops' YAML store: several documents, each carrying the metadata as its last key."""
+
+    name = "yaml"
+    multi_document = True
+
+    def load(self, data: bytes, path: str | None = None) -> tuple[list[dict], dict | None]:
+        """Parse a (sops) YAML file into documents (comments kept) and its raw ``sops`` mapping."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SopsFormatError("not UTF-8 text, cannot be a sops YAML file", path) from None
+        try:
+            roots = list(pyyaml.compose_all(text, Loader=_Loader))
+        except pyyaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise SopsFormatError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", path) from None
+        lines = text.split("\n")
+        docs: list[dict] = []
+        meta: dict | None = None
+        starts = [r.start_mark.line if r is not None else 0 for r in roots]
+        for n, root in enumerate(roots):
+            if root is None:
+                docs.append({})
+                continue
+            if isinstance(root, pyyaml.SequenceNode):
+                raise SopsFormatError("YAML documents that are sequences are not supported", path)
+            if isinstance(root, pyyaml.ScalarNode):
+                if root.value in ("", "~", "null", "Null", "NULL") and root.style is None:
+                    docs.append({})
+                    continue
+                raise SopsFormatError("YAML documents that are values are not supported", path)
+            b = _Builder(path)
+            built = b.node(root)
+            _index_parents(built, b)
+            first = 0 if n == 0 else max(roots[n - 1].end_mark.line if roots[n - 1] else 0, starts[n - 1])
+            last = starts[n + 1] if n + 1 < len(roots) else len(lines)
+            if n + 1 < len(roots):
+                last = roots[n].end_mark.line + 1
+            _place_comments(lines, b, built, first, min(last, len(lines)))
+            doc = _finish(built)
+            if "sops" in doc:
+                raw = _plain(doc.pop("sops"))
+                if meta is None:
+                    meta = raw
+            docs.append(doc)
+        return docs, meta
+
+    def emit(self, docs: list[dict], metadata: dict[str, Any]) -> bytes:
+        """The whole encrypted file: every document gets the metadata as its last key."""
+        out = []
+        for doc in docs or [{}]:
+            full = dict(doc)
+            full["sops"] = metadata
+            out.append(full)
+        return emit_documents(out).encode("utf-8")
+
+    def emit_plain(self, docs: list[dict]) -> bytes:
+        """Plain YAML in sops' layout (what ``sops decrypt`` prints)."""
+        return emit_documents(docs).encode("utf-8")
+
+    def find_metadata(self, data: bytes, path: str | None = None) -> tuple[list[tuple[int, int]], dict | None]:
+        """Byte spans of each top-level ``sops:`` block and the parsed metadata, without parsing the rest."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SopsFormatError("not UTF-8 text, cannot be a sops YAML file", path) from None
+        spans: list[tuple[int, int]] = []
+        for m in _SOPS_LINE.finditer(text):
+            start = m.start()
+            # The block ends at the next line that starts in column 0 (key, comment, '---').
+            end_m = re.compile(r"^[^ \t\r\n]", re.M).search(text, m.end() + 1)
+            end = end_m.start() if end_m else len(text)
+            spans.append((start, end))
+        if not spans:
+            return [], None
+        start, end = spans[0]
+        block = text[start:end]
+        try:
+            parsed = _fast_block(block)
+        except _Bail:
+            parsed = _load_block(block, path, text.count("\n", 0, start))
+        if not isinstance(parsed, dict) or "sops" not in parsed:
+            return [], None
+        # Byte offsets, since the caller splices bytes.
+        if data.isascii():
+            bspans = spans
+        else:
+            bspans = [(len(text[:s].encode("utf-8")), len(text[:e].encode("utf-8"))) for s, e in spans]
+        return bspans, parsed["sops"]
+
+    def emit_metadata(self, metadata: dict[str, Any]) -> bytes:
+        """The ``sops:`` block text exactly as sops writes it at the end of a document."""
+        return emit_mapping_block("sops", metadata).encode("utf-8")

@@ -187,12 +187,12 @@ def test_invalid_explicit_identity_does_not_echo_it(env):
 def test_failed_write_leaves_file(enc_file, monkeypatch):
     path, ident = enc_file
     before = path.read_bytes()
-    from ansible_collections.nixfleet.sops.plugins.module_utils.sops import file as F
+    from ansible_collections.nixfleet.sops.plugins.module_utils.sops import sinks
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(F, "atomic_write", boom)
+    monkeypatch.setattr(sinks, "atomic_write", boom)
     with pytest.raises(S.SopsError, match="No space left"):
         S.set_value(str(path), ["user"], "bob", [ident])
     with pytest.raises(S.SopsError):

@@ -1,0 +1,136 @@
+# Copyright: nixfleet.sops contributors
+# MIT License
+"""Where the bytes of a sops file go: every write of the engine goes through a sink.
+
+``FileSink`` replaces the file now (atomically); ``StagedSink`` stages new
+versions beside their files and makes them visible together with
+``commit()`` (a fleet operation: all or nothing); ``NullSink`` writes nothing
+and records what would have been written (check mode). The code that decides
+is the same for all three, so check mode reports what a real run does.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from ..errors import NixfleetError
+from ..fsutil import (
+    atomic_write,
+    commit_staged,
+    discard_staged,
+    fsync_dir,
+    resolve_write_target,
+    stage_write,
+    sync_staged,
+)
+from .errors import SopsError
+
+
+class Sink(Protocol):
+    """Receives the complete new content of a file."""
+
+    def write(self, path: str, data: bytes) -> None:
+        """Take ``data`` as the new content of ``path``; SopsError naming the file on failure."""
+
+
+def write_error(exc: OSError, path: str) -> NixfleetError:
+    """A failed write as one line naming the file (a full disk says which file it was writing)."""
+    if isinstance(exc, NixfleetError):
+        return exc
+    return SopsError(f"cannot write: {exc.strerror or exc}", exc.filename or path)
+
+
+class FileSink:
+    """Replace each file at once with fsutil.atomic_write (temp beside it, fsync, rename)."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+
+    def write(self, path: str, data: bytes) -> None:
+        """Replace ``path`` now; SopsError naming the file when that fails (the file stays as it was)."""
+        try:
+            atomic_write(path, data)
+        except OSError as exc:
+            raise write_error(exc, path) from None
+        self.written.append(path)
+
+
+class NullSink:
+    """Check mode: record what would be written, write nothing."""
+
+    def __init__(self) -> None:
+        self.written: dict[str, bytes] = {}
+
+    def write(self, path: str, data: bytes) -> None:
+        """Remember what would be written to ``path``."""
+        self.written[path] = data
+
+
+class StagedCommitError(SopsError):
+    """commit() stopped partway: ``done`` files are new, ``left`` are as they were (each file is whole)."""
+
+    def __init__(self, message: str, path: str | None, done: list[str], left: list[str]) -> None:
+        self.done = done
+        self.left = left
+        super().__init__(message, path)
+
+
+class StagedSink:
+    """Stage each new version beside its file (not fsynced yet); ``commit()`` makes them all visible.
+
+    ``staged`` is a plain list of (temp, target) pairs, so a worker process can
+    stage and return it, and the parent builds ``StagedSink(staged)`` to commit.
+    """
+
+    def __init__(self, staged: list[tuple[str, str]] | None = None) -> None:
+        self.staged: list[tuple[str, str]] = list(staged or [])
+
+    def write(self, path: str, data: bytes) -> None:
+        """Stage ``data`` in a temp beside ``path``; nothing is visible until commit()."""
+        try:
+            target = resolve_write_target(path)
+            tmp = stage_write(path, data, sync=False)
+        except OSError as exc:
+            raise write_error(exc, path) from None
+        self.staged.append((tmp, target))
+
+    def commit(self) -> list[str]:
+        """One sync of every temp, then one rename each; returns the files replaced.
+
+        Nothing is visible before all temps are durable. If a rename fails,
+        StagedCommitError says which files are new and which are unchanged.
+        """
+        pending, self.staged = self.staged, []
+        try:
+            sync_staged([tmp for tmp, _ in pending])
+        except OSError as exc:
+            discard_staged([tmp for tmp, _ in pending])
+            targets = [t for _, t in pending]
+            listing = ", ".join(targets[:5]) + (f" and {len(targets) - 5} more" if len(targets) > 5 else "")
+            raise StagedCommitError(
+                f"cannot make the new files durable ({exc.strerror or exc}); nothing was written, every file is "
+                f"as it was ({listing}); fix the cause (free space?) and run again", exc.filename, [], targets,
+            ) from None
+        done: list[str] = []
+        for tmp, target in pending:
+            try:
+                commit_staged(tmp, target, sync_dir=False)
+            except OSError as exc:
+                discard_staged([t for t, _ in pending[len(done):]])
+                left = [t for _, t in pending[len(done):]]
+                raise StagedCommitError(
+                    f"stopped renaming new files into place ({exc.strerror}): {len(done)} are new, "
+                    f"{len(left)} unchanged; every file is whole", target, done, left) from None
+            done.append(target)
+        for directory in sorted({os.path.dirname(t) for t in done}):
+            fsync_dir(directory)
+        return done
+
+    def discard(self) -> None:
+        """Remove every staged temp; the files stay as they were."""
+        discard_staged([tmp for tmp, _ in self.staged])
+        self.staged = []
+
+
+__all__ = ["FileSink", "NullSink", "Sink", "StagedCommitError", "StagedSink", "write_error"]
