@@ -159,7 +159,7 @@ def _readable(path: str, data: bytes, recipients: set[str]) -> list[str] | None:
     if sf.format == "binary":
         return ["data"]
     try:
-        docs = sf.documents
+        docs = sf.encrypted_documents
     except engine.SopsError:
         return ["(unparsable document)"]
     out: list[str] = []
