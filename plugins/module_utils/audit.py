@@ -15,6 +15,7 @@ from typing import Any
 
 from . import fleet, keyinventory
 from .age import redact
+from .sops_config import RepoFile
 
 SSH_PREFIXES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-", "ssh-dss")
 ERROR, WARNING = "error", "warning"
@@ -92,7 +93,10 @@ def run(
     out.anchors = list(anchors)
     out.kinds = {n: _anchor_kind(n, a.group, inv_kinds) for n, a in anchors.items()}
 
-    for finding in cfg.validate(scan_files=True):
+    # The lint sees the plan's files: the repository is walked once, with one skip list.
+    repo_files = [RepoFile(fp.rel, True) for fp in sc.files] + [RepoFile(r, False) for r in sc.not_sops]
+    repo_files += [RepoFile(u["path"], True) for u in sc.unreadable]
+    for finding in cfg.validate(scan_files=True, files=repo_files):
         kind = finding.get("kind", "config")
         if kind == "unmatched_sops_file":
             continue  # reported below as no_rule, with the file

@@ -7,7 +7,8 @@ Tests set ``NIXFLEET_FAILPOINTS`` to a comma-separated list of ``point[#n]:actio
 - ``point`` is a name passed to :func:`hit` (``write``, ``rename``, ``rekey.staged``,
   ``bootstrap.config_saved``, …); ``#n`` fires on the n-th hit only (1-based),
   otherwise on the first;
-- ``action`` is ``kill`` (SIGKILL this process), ``int`` (SIGINT, as a Ctrl-C),
+- ``action`` is ``kill`` (SIGKILL this process), ``killpg`` (SIGKILL its whole process group:
+  the run and its workers), ``int`` (SIGINT, as a Ctrl-C),
   ``enospc``, ``erofs``, ``eacces`` (an OSError as the filesystem would raise it).
 
 Without the variable, :func:`hit` is a dictionary lookup: nothing else happens.
@@ -48,6 +49,8 @@ def hit(point: str, path: str | None = None) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "killpg":
+        os.killpg(os.getpgid(0), signal.SIGKILL)
     if action == "int":
         os.kill(os.getpid(), signal.SIGINT)
         return

@@ -1,15 +1,20 @@
 # Copyright: nixfleet.sops contributors
 # MIT License
-"""Fleet-wide operations on a secrets repository: rekey, rotate, audit.
+"""Fleet-wide operations on a secrets repository: one plan, then rekey, rotate, audit, bootstrap.
 
-Every operation plans first and writes second. The plan reads only sops
-metadata (cheap) and checks that each file needing a write can be opened;
-if one cannot, nothing is written (unless the caller asks to continue with
-the rest). Each file is written atomically, so a run killed at any moment
-leaves every file either as it was or as it should be.
+A :class:`Plan` is one walk of the repository (``fsutil.walk_files``), one
+read of each file's sops metadata (in worker processes when there are many)
+and one rule match per file (``.sops.yaml``'s model matches every path with
+one RE2 set). Rekey, rotate, the audit and bootstrap all consume a plan;
+bootstrap edits ``.sops.yaml`` in memory and asks the same plan what the
+edited rules change (:meth:`Plan.with_config`) instead of reading the
+repository again.
 
-Work on many files is spread over processes (the operations are CPU bound:
-X25519 per recipient per file).
+Every write is planned first: each file that needs a change is opened,
+changed and staged beside itself (nothing visible yet); if one cannot be
+opened, nothing is written (unless the caller asks to continue with the
+rest). Then the paths are recorded as not yet committed (``vcs``) and every
+staged file is renamed into place, all or none (``fsutil.commit_all``).
 """
 
 from __future__ import annotations
@@ -22,22 +27,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import failpoints, vcs
 from . import sops as engine
-from .age import (
-    AgeKeyError,
-    redact,
-    validate_identity,
-    validate_recipient,
-)
+from .age import AgeKeyError, recipient_kind, redact, validate_identity, validate_recipient
 from .errors import NixfleetError
-from .fsutil import (
-    commit_staged,
-    discard_staged,
-    fsync_dir,
-    remove_stale_temps,
-    sync_staged,
-    walk_files,
-)
+from .fsutil import PartialCommitError, commit_all, discard_staged, remove_stale_temps, walk_files
 from .sops_config import NoMatchingRuleError, SopsConfig, SopsConfigError, compile_path_regex
 
 CONFIG_NAME = ".sops.yaml"
@@ -52,9 +46,50 @@ class FleetError(NixfleetError, RuntimeError):
         self.files = list(files)
 
 
+# --------------------------------------------------------------------------- reading the repository
+@dataclass
+class FileState:
+    """What one file is, read once (a worker's answer; public data only)."""
+
+    rel: str
+    kind: str  # "sops" | "plain" | "broken"
+    recipients: list[list[str]] = field(default_factory=list)
+    threshold: int = 0
+    foreign: list[dict[str, list[str]]] = field(default_factory=list)
+    problems: list[tuple[int, str]] = field(default_factory=list)  # (group, recipient) with a broken stanza
+    error: str = ""
+
+
+def _read_state(job: tuple[str, str]) -> FileState:
+    """Read one file's sops metadata (runs in workers)."""
+    repo, rel = job
+    try:
+        sf = engine.SopsFile.open(os.path.join(repo, rel))
+    except engine.SopsNotEncryptedError:
+        return FileState(rel, "plain")
+    except engine.SopsError as exc:
+        return FileState(rel, "broken", error=exc.message)
+    except Exception as exc:  # noqa: BLE001 - one odd file must not stop a fleet scan
+        return FileState(rel, "broken", error=f"cannot read its sops metadata ({type(exc).__name__})")
+    meta = sf.metadata
+    return FileState(rel, "sops", meta.recipients, meta.shamir_threshold, meta.foreign_keys,
+                     [(p.group, p.recipient) for p in meta.stanza_problems()])
+
+
+def _map(fn: Callable[[Any], Any], items: list[Any], workers: int | None) -> list[Any]:
+    """Map in processes when there is enough work to pay for them, in order."""
+    n = workers if workers is not None else (os.cpu_count() or 1)
+    if n <= 1 or len(items) < _PARALLEL_THRESHOLD:
+        return [fn(i) for i in items]
+    ctx = multiprocessing.get_context("fork")
+    chunk = max(1, len(items) // (n * 8))
+    with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+        return list(pool.map(fn, items, chunksize=chunk))
+
+
 @dataclass
 class FilePlan:
-    """One sops file: the recipients it has and the ones its rule wants."""
+    """One sops file against its rule: the recipients it has and the ones the rule wants."""
 
     path: str
     rel: str
@@ -66,40 +101,40 @@ class FilePlan:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     error: str | None = None
+    foreign: list[dict[str, list[str]]] | None = None  # the rule's other master keys per group
+    current_foreign: list[dict[str, list[str]]] = field(default_factory=list)
+    broken_stanzas: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def needs_change(self) -> bool:
-        threshold_differs = bool(self.wanted_threshold) and self.wanted_threshold != self.current_threshold
-        return bool(self.added or self.removed) or self._groups_differ() or threshold_differs
-
-    def _groups_differ(self) -> bool:
+        """Whether ``sops updatekeys`` would rewrite it (recipients, threshold, other keys, a broken stanza)."""
         if self.wanted is None:
             return False
-        return [set(g) for g in self.current] != [set(g) for g in self.wanted]
+        threshold_differs = bool(self.wanted_threshold) and self.wanted_threshold != self.current_threshold
+        kept_broken = any(g < len(self.wanted) and r in self.wanted[g] for g, r in self.broken_stanzas)
+        return (bool(self.added or self.removed) or self._groups_differ() or threshold_differs or kept_broken
+                or self._foreign_differs())
 
+    def _groups_differ(self) -> bool:
+        return self.wanted is not None and [set(g) for g in self.current] != [set(g) for g in self.wanted]
 
-@dataclass
-class Scan:
-    """What is in the repository: sops files, other files, files no rule covers."""
+    def _foreign_differs(self) -> bool:
+        if self.foreign is None:
+            return False
+        have = [{k: sorted(v) for k, v in g.items() if v} for g in self.current_foreign]
+        want = [{k: sorted(v) for k, v in g.items() if v} for g in self.foreign]
+        return any(a != b for a, b in zip(have, want, strict=False)) or (any(want) and len(have) != len(want))
 
-    repo: str
-    config: SopsConfig
-    files: list[FilePlan] = field(default_factory=list)
-    not_sops: list[str] = field(default_factory=list)
-    unreadable: list[dict[str, str]] = field(default_factory=list)
-    no_rule: list[str] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- discovery
-def config_path(repo: str) -> str:
-    """``.sops.yaml`` of the secrets repository ``repo``."""
-    return os.path.join(repo, CONFIG_NAME)
+    @property
+    def readers(self) -> set[str]:
+        """Every recipient that can open it now, over all key groups."""
+        return {r for g in self.current for r in g}
 
 
 def check_rules(config: SopsConfig) -> None:
     """Refuse a ``.sops.yaml`` whose rules cannot be trusted, naming the line: broken aliases,
-    bad ``path_regex``, recipients that are not valid ``age1…`` keys. Checked once, up front,
-    so a broken config is never mistaken for "no rule matches" or for a missing identity."""
+    bad ``path_regex``, invalid recipients. Checked once, up front, so a broken config is never
+    mistaken for "no rule matches" or for a missing identity."""
     for rule in config.rules:
         if rule.path_regex:
             compile_path_regex(rule.path_regex)
@@ -117,6 +152,107 @@ def check_rules(config: SopsConfig) -> None:
                     ) from None
 
 
+class Plan:
+    """A secrets repository read once: every file's state and the rule sops picks for each."""
+
+    def __init__(self, repo: str, config: SopsConfig, states: list[FileState], strict: bool = True) -> None:
+        self.repo = repo
+        self.config = config
+        self.states = states
+        self.strict = strict
+        self.files: list[FilePlan] = []
+        self.not_sops: list[str] = []
+        self.unreadable: list[dict[str, str]] = []
+        self.no_rule: list[str] = []
+        self._match()
+
+    @classmethod
+    def scan(cls, repo: str, config: SopsConfig | None = None, include: Sequence[str] = (),
+             workers: int | None = None, strict: bool = True) -> Plan:
+        """Read ``.sops.yaml`` (unless given) and the metadata of every file; match each to its rule.
+
+        ``strict`` refuses a config whose rules cannot be trusted (check_rules);
+        the audit plans leniently, since it reports those faults itself.
+        """
+        repo = os.path.abspath(repo)
+        if config is None:
+            if not os.path.exists(config_path(repo)):
+                raise FleetError(f"{repo} has no {CONFIG_NAME}: is this the secrets repository?")
+            config = SopsConfig.load(config_path(repo))
+        if strict:
+            check_rules(config)
+        rels = iter_candidate_files(repo, include)
+        return cls(repo, config, _map(_read_state, [(repo, r) for r in rels], workers), strict)
+
+    def with_config(self, config: SopsConfig) -> Plan:
+        """The same files matched against another ``.sops.yaml`` text (pending edits): no file is read."""
+        if self.strict:
+            check_rules(config)
+        return Plan(self.repo, config, self.states, self.strict)
+
+    def _match(self) -> None:
+        for st in self.states:
+            if st.kind == "plain":
+                self.not_sops.append(st.rel)
+            elif st.kind == "broken":
+                self.unreadable.append({"path": st.rel, "error": st.error})
+            else:
+                self.files.append(self._file_plan(st))
+        self.by_rel = {fp.rel: fp for fp in self.files}
+
+    def _file_plan(self, st: FileState) -> FilePlan:
+        full = os.path.join(self.repo, st.rel)
+        fp = FilePlan(path=full, rel=st.rel, current=st.recipients, current_threshold=st.threshold,
+                      current_foreign=st.foreign, broken_stanzas=st.problems)
+        try:
+            rule = self.config.rule_for(full)
+        except SopsConfigError as exc:
+            if self.strict and not isinstance(exc, NoMatchingRuleError):
+                raise
+            self.no_rule.append(st.rel)
+            return fp
+        fp.rule = rule.path_regex
+        fp.wanted = [list(g) for g in rule.key_groups]
+        fp.foreign = [dict(g) for g in rule.foreign] if any(rule.foreign) or any(st.foreign) else None
+        fp.wanted_threshold = rule.shamir_threshold
+        cur = set().union(*map(set, st.recipients)) if st.recipients else set()
+        want = set().union(*map(set, fp.wanted)) if fp.wanted else set()
+        fp.added, fp.removed = sorted(want - cur), sorted(cur - want)
+        if not want and not any(rule.foreign):
+            fp.error = f"{rule.describe()} names no recipient"
+        return fp
+
+    def changed(self) -> list[FilePlan]:
+        """Sops files whose recipients differ from their rule's (what a rekey rewrites)."""
+        return [fp for fp in self.files if fp.needs_change]
+
+    def select(self, path_regex: str | None = None, recipient: str | None = None,
+               anchor: str | None = None) -> list[FilePlan]:
+        """Sops files matching a path regex and/or readable now by a recipient (or an anchor's recipient)."""
+        if anchor:
+            anchors = self.config.anchors()
+            if anchor not in anchors:
+                raise FleetError(f"{self.config.path}: no anchor &{anchor}; known anchors: "
+                                 f"{', '.join(sorted(anchors))}")
+            recipient = anchors[anchor].recipient
+        elif recipient:
+            try:
+                recipient = validate_recipient(recipient)
+            except AgeKeyError as exc:
+                raise FleetError(f"recipient: {exc}") from None
+        pat = compile_user_regex(path_regex, "path_regex") if path_regex else None
+        return [fp for fp in self.files
+                if (not pat or pat.search(fp.rel)) and (not recipient or recipient in fp.readers)]
+
+
+Scan = Plan  # the name callers used before the plan existed
+
+
+def config_path(repo: str) -> str:
+    """``.sops.yaml`` of the secrets repository ``repo``."""
+    return os.path.join(repo, CONFIG_NAME)
+
+
 def compile_user_regex(pattern: str, what: str) -> re.Pattern[str]:
     """Compile a regex a user passed as ``what``; a bad one is an error naming the parameter."""
     try:
@@ -131,83 +267,18 @@ def iter_candidate_files(repo: str, include: Sequence[str] = ()) -> list[str]:
     return [rel for rel in walk_files(repo) if rel != CONFIG_NAME and (not pats or any(p.search(rel) for p in pats))]
 
 
-def _read_meta(path: str) -> tuple[str, Any]:
-    """('ok', recipients) | ('not_sops', reason) | ('error', message) — runs in workers."""
-    try:
-        sf = engine.load(path)
-    except engine.SopsNotEncryptedError as exc:
-        return "not_sops", str(exc)
-    except engine.SopsError as exc:
-        return "error", str(exc)
-    except Exception as exc:  # noqa: BLE001 - one odd file must not stop a fleet scan
-        return "error", f"{path}: cannot read its sops metadata ({type(exc).__name__})"
-    return "ok", (sf.recipients, sf.metadata.shamir_threshold)
+def scan(repo: str, include: Sequence[str] = (), workers: int | None = None, strict: bool = True,
+         config: SopsConfig | None = None) -> Plan:
+    """Plan.scan: the repository read once (see :class:`Plan`)."""
+    return Plan.scan(repo, config, include, workers, strict)
 
 
-def _map(fn: Callable[[Any], Any], items: list[Any], workers: int | None) -> list[Any]:
-    """Map in processes when there is enough work to pay for them, in order."""
-    n = workers if workers is not None else (os.cpu_count() or 1)
-    if n <= 1 or len(items) < _PARALLEL_THRESHOLD:
-        return [fn(i) for i in items]
-    ctx = multiprocessing.get_context("fork")
-    chunk = max(1, len(items) // (n * 8))
-    with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
-        return list(pool.map(fn, items, chunksize=chunk))
-
-
-def scan(repo: str, include: Sequence[str] = (), workers: int | None = None, strict: bool = True) -> Scan:
-    """Read ``.sops.yaml`` and the metadata of every sops file, and match each file to its rule.
-
-    ``strict`` refuses a config whose rules cannot be trusted (check_rules); the
-    audit scans leniently, since it reports those faults itself.
-    """
-    repo = os.path.abspath(repo)
-    cfg_path = config_path(repo)
-    if not os.path.exists(cfg_path):
-        raise FleetError(f"{repo} has no {CONFIG_NAME}: is this the secrets repository?")
-    config = SopsConfig.load(cfg_path)
-    if strict:
-        check_rules(config)
-    result = Scan(repo=repo, config=config)
-    rels = iter_candidate_files(repo, include)
-    metas = _map(_read_meta, [os.path.join(repo, r) for r in rels], workers)
-    for rel, (status, info) in zip(rels, metas, strict=True):
-        full = os.path.join(repo, rel)
-        if status == "not_sops":
-            result.not_sops.append(rel)
-            continue
-        if status == "error":
-            result.unreadable.append({"path": rel, "error": info})
-            continue
-        current, threshold = info
-        fp = FilePlan(path=full, rel=rel, current=current, current_threshold=threshold)
-        try:
-            rule = config.rule_for(full)
-        except SopsConfigError as exc:
-            if strict and not isinstance(exc, NoMatchingRuleError):
-                raise
-            result.no_rule.append(rel)
-            fp.rule = None
-        else:
-            fp.rule = rule.path_regex
-            fp.wanted = [list(g) for g in rule.key_groups if g]
-            fp.wanted_threshold = rule.shamir_threshold
-            cur = set().union(*map(set, current)) if current else set()
-            want = set().union(*map(set, fp.wanted)) if fp.wanted else set()
-            fp.added = sorted(want - cur)
-            fp.removed = sorted(cur - want)
-            if not fp.wanted:
-                fp.error = f"{rule.describe()} names no age recipient"
-        result.files.append(fp)
-    return result
-
-
-# --------------------------------------------------------------------------- workers
+# --------------------------------------------------------------------------- the work, per file
 _KEYRINGS: dict[tuple[str, ...], Any] = {}
 
 
 def _keyring(identities: tuple[str, ...] | None) -> Any:
-    """One parsed keyring per process and identity set (parsing costs more than a stanza)."""
+    """One parsed keyring per process and identity set; forked workers inherit its caches."""
     key = identities or ("<search like sops>",)
     kr = _KEYRINGS.get(key)
     if kr is None:
@@ -216,28 +287,37 @@ def _keyring(identities: tuple[str, ...] | None) -> Any:
     return kr
 
 
-def _rekey_one(job: tuple[str, list[list[str]] | None, int | None, tuple[str, ...] | None, bool]) -> dict[str, Any]:
-    """Plan one file and, unless checking, stage its new version (nothing visible yet).
+@dataclass
+class Job:
+    """One file to change: ``rekey`` to its rule, or ``rotate`` its data key (after a rekey, if both)."""
 
-    One parse and at most one data-key unwrap per file: the whole per-file
-    cost of a fleet rekey happens here, in a worker process.
-    """
-    path, groups, threshold, identities, check_mode = job
+    path: str
+    rel: str
+    groups: list[list[str]] | None = None
+    threshold: int | None = None
+    foreign: list[dict[str, list[str]]] | None = None
+    rotate: bool = False
+
+
+def _work_one(args: tuple[Job, tuple[str, ...] | None, bool]) -> dict[str, Any]:
+    """Open one file, change it, stage its new version unless checking (runs in workers)."""
+    job, identities, check_mode = args
     sink = engine.NullSink() if check_mode else engine.StagedSink()
     try:
-        sf = engine.SopsFile.open(path)
-        if groups is None:
-            return {"status": "no_rule"}
-        changed, added, removed = sf.unlock(_keyring(identities)).updatekeys(groups, shamir_threshold=threshold)
+        sf = engine.SopsFile.open(job.path).unlock(_keyring(identities))
+        changed, added, removed = False, set(), set()
+        if job.groups is not None:
+            changed, added, removed = sf.updatekeys(job.groups, shamir_threshold=job.threshold, foreign=job.foreign)
+        if job.rotate:
+            sf.rotate()
+            changed = True
         sf.write(sink)
-    except engine.SopsNotEncryptedError:
-        return {"status": "not_sops"}
     except engine.SopsError as exc:
         _discard(sink)
         return {"status": "failed", "error": exc.message}
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop a fleet run
         _discard(sink)
-        return {"status": "failed", "error": f"{path}: {type(exc).__name__}: {exc}"}
+        return {"status": "failed", "error": f"{type(exc).__name__}: {redact(str(exc))}"}
     if not changed:
         return {"status": "unchanged"}
     return {"status": "changed", "added": sorted(added), "removed": sorted(removed),
@@ -249,20 +329,98 @@ def _discard(sink: Any) -> None:
         sink.discard()
 
 
-def _rotate_one(job: tuple[str, tuple[str, ...] | None, bool]) -> dict[str, Any]:
-    path, identities, check_mode = job
-    sink = engine.NullSink() if check_mode else engine.StagedSink()
+def _prefetch(kr: Any, jobs: list[Job]) -> None:
+    """Open data keys (and wrap for plugin recipients) in this process, batched, before workers fork.
+
+    Only needed for plugins: a YubiKey is asked once for the whole run instead
+    of once per file; the forked workers find the results in the caches.
+    """
+    wants_plugin = [j for j in jobs if j.groups and any(recipient_kind(r).startswith("plugin:")
+                                                         for g in j.groups for r in g)]
+    if not getattr(kr, "_plugins", None) and not wants_plugin:
+        return
+    opened: dict[Any, bytes] = {}
+    metas = {}
+    for j in jobs:
+        try:
+            metas[j.path] = engine.SopsFile.open(j.path).metadata
+        except engine.SopsError:
+            continue
+    opened = kr.unwrap_many(((path, gi), group) for path, meta in metas.items()
+                            for gi, group in enumerate(meta.key_groups))
+    from .sops.keys import wrap_many
+
+    wrap_many([(j.path, opened[(j.path, 0)], [r for r in j.groups[0] if recipient_kind(r).startswith("plugin:")])
+               for j in wants_plugin if j.groups and len(j.groups) == 1 and (j.path, 0) in opened], kr.ui)
+
+
+@dataclass
+class Staged:
+    """The outcome of running jobs: per file a result; staged temps not yet visible."""
+
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[dict[str, str]]:
+        return [{"path": rel, "error": r["error"]} for rel, r in self.results.items() if r["status"] == "failed"]
+
+    @property
+    def changed(self) -> list[str]:
+        return [rel for rel, r in self.results.items() if r["status"] == "changed"]
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return [p for r in self.results.values() for p in r.get("staged", [])]
+
+    def discard(self) -> None:
+        discard_staged([tmp for tmp, _ in self.pairs])
+
+
+def run_jobs(jobs: list[Job], identities: tuple[str, ...] | None, check_mode: bool,
+             workers: int | None = None) -> Staged:
+    """Run every job (in workers when there are many), staging each new file; nothing is visible yet."""
+    if jobs and not check_mode:
+        _prefetch(_keyring(identities), jobs)
+    results = _map(_work_one, [(j, identities, check_mode) for j in jobs], workers)
+    failpoints.hit("fleet.staged")
+    return Staged(dict(zip([j.rel for j in jobs], results, strict=True)))
+
+
+def refuse_failures(what: str, staged: Staged, continue_on_error: bool) -> None:
+    """All or nothing: when a file that needs a change failed, discard every staged file and raise."""
+    failed = staged.failed
+    if not failed or continue_on_error:
+        return
+    staged.discard()
+    listing = "; ".join(f"{f['path']}: {f['error']}" for f in failed[:20])
+    more = f" (and {len(failed) - 20} more)" if len(failed) > 20 else ""
+    no_identity = any("no identity" in f["error"] or "key groups" in f["error"] for f in failed)
+    hint = ("Give an identity that can open them (SOPS_AGE_KEY_FILE or identity_files), or set continue_on_error "
+            "to handle the others." if no_identity else "Set continue_on_error to handle the others.")
+    raise FleetError(f"{what} refused: {len(failed)} of {len(failed) + len(staged.changed)} files that need a "
+                     f"change cannot be opened or rewritten, so nothing was written: {listing}{more}. {hint}", failed)
+
+
+def publish(repo: str, what: str, pairs: list[tuple[str, str]], record: bool = True) -> None:
+    """Make staged files visible, all or none; record them as not yet committed first."""
+    if not pairs:
+        return
+    if record:
+        vcs.record_pending(repo, [target for _, target in pairs])
     try:
-        sf = engine.SopsFile.open(path).unlock(_keyring(identities))
-        sf.rotate()
-        sf.write(sink)
-    except engine.SopsError as exc:
-        _discard(sink)
-        return {"status": "failed", "error": exc.message}
-    except Exception as exc:  # noqa: BLE001
-        _discard(sink)
-        return {"status": "failed", "error": f"{path}: {type(exc).__name__}: {exc}"}
-    return {"status": "changed", "staged": getattr(sink, "staged", [])}
+        commit_all(pairs)
+    except PartialCommitError as exc:
+        rel = [os.path.relpath(p, repo) for p in exc.done]
+        left = [os.path.relpath(p, repo) for p in exc.left]
+        raise FleetError(
+            f"{what} stopped while renaming new files into place ({exc}): {len(rel)} files are new "
+            f"({', '.join(rel[:10]) or 'none'}), {len(left)} are unchanged ({', '.join(left[:10])}); every file "
+            f"is valid. Fix the cause and run {what} again.",
+            [{"path": p, "error": "not renamed into place"} for p in left]) from None
+    except OSError as exc:
+        raise FleetError(f"{what} could not put its new files in place ({exc.filename or ''}: {exc.strerror}); "
+                         "nothing was written, every file is as it was") from None
+    failpoints.hit("fleet.published")
 
 
 # --------------------------------------------------------------------------- results
@@ -286,6 +444,15 @@ class OpResult:
             "counts": self.counts,
         }
 
+    def summary(self, what: str, check_mode: bool = False) -> str:
+        """One line for the task output; per-file detail stays in ``changes``."""
+        c = self.counts
+        verb = f"would be {what}" if check_mode else what
+        line = f"{c.get('changed', 0)} of {c.get('sops_files', 0)} sops files {verb}"
+        extra = [f"{c[k]} {label}" for k, label in (("failed", "failed"), ("not_sops", "not sops-encrypted"),
+                                                    ("no_rule", "without a creation rule")) if c.get(k)]
+        return line + (f"; {', '.join(extra)}" if extra else "")
+
 
 def _label(recipient: str, names: dict[str, str]) -> str:
     name = names.get(recipient)
@@ -297,55 +464,31 @@ def recipient_names(config: SopsConfig) -> dict[str, str]:
     return {a.recipient: name for name, a in config.anchors().items()}
 
 
-def _skipped(sc: Scan) -> list[dict[str, str]]:
-    out = [{"path": p, "reason": "not sops-encrypted"} for p in sc.not_sops]
-    out += [{"path": p, "reason": "no creation rule in .sops.yaml matches it"} for p in sc.no_rule]
-    out += [{"path": u["path"], "reason": u["error"]} for u in sc.unreadable]
-    return out
+def _skipped(plan: Plan) -> list[dict[str, str]]:
+    out = [{"path": p, "reason": "not sops-encrypted"} for p in plan.not_sops]
+    out += [{"path": p, "reason": "no creation rule in .sops.yaml matches it"} for p in plan.no_rule]
+    return out + [{"path": u["path"], "reason": u["error"]} for u in plan.unreadable]
 
 
-def _finish(
-    what: str, rels: list[str], results: list[dict[str, Any]], continue_on_error: bool, check_mode: bool
-) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, str]]]:
-    """All or nothing: commit every staged file, or (when one failed) discard them all and raise."""
-    failed = [{"path": rel, "error": r["error"]} for rel, r in zip(rels, results, strict=True)
-              if r["status"] == "failed"]
-    changed = [(rel, r) for rel, r in zip(rels, results, strict=True) if r["status"] == "changed"]
-    if failed and not continue_on_error:
-        discard_staged([tmp for _, r in changed for tmp, _ in r.get("staged", [])])
-        listing = "; ".join(f"{f['path']}: {f['error']}" for f in failed[:20])
-        more = f" (and {len(failed) - 20} more)" if len(failed) > 20 else ""
-        raise FleetError(
-            f"{what} refused: {len(failed)} of {len(failed) + len(changed)} files that need a change cannot be "
-            f"opened or rewritten, so nothing was written: {listing}{more}. Give an identity that can open them "
-            "(SOPS_AGE_KEY_FILE or identity_files), or set continue_on_error to handle the others.",
-            failed,
-        )
-    if not check_mode:
-        dirs: set[str] = set()
-        done: list[str] = []
-        pending = [(rel, tmp, target) for rel, r in changed for tmp, target in r.get("staged", [])]
-        try:
-            sync_staged([tmp for _, tmp, _ in pending])
-            for rel, tmp, target in pending:
-                commit_staged(tmp, target, sync_dir=False)
-                done.append(rel)
-                dirs.add(os.path.dirname(target))
-        except OSError as exc:
-            discard_staged([tmp for _, tmp, _ in pending[len(done):]])
-            if not done:
-                raise FleetError(f"{what} could not make its new files durable ({exc.strerror}); nothing was "
-                                 "written, every file is as it was") from None
-            left = [rel for rel, _, _ in pending[len(done):]]
-            raise FleetError(
-                f"{what} stopped while renaming new files into place ({exc.filename or ''}: {exc.strerror}): "
-                f"{len(done)} files are new ({', '.join(done[:10]) or 'none'}), {len(left)} are unchanged "
-                f"({', '.join(left[:10])}); every file is valid. Fix the cause and run {what} again.",
-                [{"path": rel, "error": "not renamed into place"} for rel in left],
-            ) from None
-        for d in dirs:
-            fsync_dir(d)
-    return changed, failed
+def _refuse_unreadable(what: str, plan: Plan, rels: Iterable[str] | None, continue_on_error: bool) -> None:
+    """A sops file whose metadata does not parse is never skipped silently."""
+    wanted = set(rels) if rels is not None else None
+    bad = [u for u in plan.unreadable if wanted is None or u["path"] in wanted]
+    if bad and not continue_on_error:
+        listing = "; ".join(f"{u['path']}: {u['error']}" for u in bad[:10])
+        raise FleetError(f"{what} refused: {len(bad)} file(s) have sops metadata that cannot be read, so nothing "
+                         f"was written: {listing}. Restore them from version control, or set continue_on_error.",
+                         [{"path": u["path"], "error": u["error"]} for u in bad])
+
+
+def rekey_jobs(plan: Plan, rotate_lost: bool = False) -> list[Job]:
+    """A job per file whose recipients differ from its rule; ``rotate_lost`` also rotates the data key
+    of a file that loses a recipient (revocation: whoever had the old data key must not read new values)."""
+    bad = sorted({fp.error for fp in plan.changed() if fp.error})
+    if bad:
+        raise FleetError("rekey refused: " + ", ".join(bad) + ". Fix .sops.yaml first.")
+    return [Job(fp.path, fp.rel, fp.wanted, fp.wanted_threshold, fp.foreign, rotate=rotate_lost and bool(fp.removed))
+            for fp in plan.changed()]
 
 
 def rekey(
@@ -356,98 +499,53 @@ def rekey(
     continue_on_error: bool = False,
     workers: int | None = None,
     config: SopsConfig | None = None,
+    plan: Plan | None = None,
+    rotate_lost: bool = False,
 ) -> OpResult:
     """Bring every sops file to the recipients its creation rule names (``sops updatekeys`` for the fleet).
 
     Only files whose recipients differ are written; the data key stays, so
-    values, MAC and lastmodified are untouched. Every new version is staged
-    (written and fsynced beside its file) before any is renamed into place:
-    when a file that needs a change cannot be opened, nothing is written and
-    FleetError lists the files (unless ``continue_on_error``). ``config`` (an
-    edited, unsaved ``.sops.yaml``) lets check mode plan against pending edits.
+    values, MAC and lastmodified are untouched (unless ``rotate_lost``: files
+    that lose a recipient also get a new data key). When a file that needs a
+    change cannot be opened, nothing is written and FleetError lists the
+    files (unless ``continue_on_error``). ``config`` (an edited, unsaved
+    ``.sops.yaml``) lets check mode plan against pending edits; ``plan`` reuses
+    a plan already made.
     """
     repo = os.path.abspath(repo)
+    if plan is None:
+        plan = Plan.scan(repo, config, include, workers)
+    elif config is not None:
+        plan = plan.with_config(config)
     ids = tuple(identities) if identities is not None else None
-    cfg_path = config_path(repo)
-    if config is None:
-        if not os.path.exists(cfg_path):
-            raise FleetError(f"{repo} has no {CONFIG_NAME}: is this the secrets repository?")
-        config = SopsConfig.load(cfg_path)
-    check_rules(config)
-    names = recipient_names(config)
-    rels = iter_candidate_files(repo, include)
-    jobs, rules, broken = [], [], {}
-    for i, rel in enumerate(rels):
-        full = os.path.join(repo, rel)
-        try:
-            rule = config.rule_for(full)
-        except NoMatchingRuleError:
-            jobs.append((full, None, None, ids, check_mode))
-            rules.append(None)
-            continue
-        groups = [list(g) for g in rule.key_groups if g]
-        if not groups:
-            broken[i] = rule.describe()
-            groups = None  # only asked whether it is a sops file
-        jobs.append((full, groups, rule.shamir_threshold, ids, check_mode))
-        rules.append(rule.path_regex)
+    jobs = rekey_jobs(plan, rotate_lost)
+    _refuse_unreadable("rekey", plan, None, continue_on_error)
     if not check_mode:
         remove_stale_temps(repo)
-    results = _map(_rekey_one, jobs, workers)
-    if broken:
-        # Only a problem for the sops files under such a rule; plain files there are fine.
-        bad = sorted({desc for i, desc in broken.items() if results[i]["status"] != "not_sops"})
-        if bad:
-            discard_staged([tmp for r in results for tmp, _ in r.get("staged", [])])
-            raise FleetError("rekey refused: " + ", ".join(bad) + " names no age recipient. Fix .sops.yaml first.")
-    changed, failed = _finish("rekey", rels, results, continue_on_error, check_mode)
-    res = OpResult(failed=failed)
-    by_status: dict[str, list[str]] = {}
-    for rel, r in zip(rels, results, strict=True):
-        by_status.setdefault(r["status"], []).append(rel)
-    res.skipped = [{"path": p, "reason": "not sops-encrypted"} for p in by_status.get("not_sops", [])]
-    res.skipped += [{"path": p, "reason": "no creation rule in .sops.yaml matches it"}
-                    for p in by_status.get("no_rule", [])]
-    rule_of = dict(zip(rels, rules, strict=True))
-    for rel, r in changed:
-        res.changed_files.append(rel)
-        res.changes.append({"path": rel, "rule": rule_of[rel], "added": [_label(x, names) for x in r["added"]],
-                            "removed": [_label(x, names) for x in r["removed"]]})
-    sops_files = len(rels) - len(by_status.get("not_sops", []))
-    res.counts = {
-        "sops_files": sops_files,
-        "changed": len(res.changed_files),
-        "unchanged": len(by_status.get("unchanged", [])),
-        "failed": len(failed),
-        "not_sops": len(by_status.get("not_sops", [])),
-        "no_rule": len(by_status.get("no_rule", [])),
-    }
+    staged = run_jobs(jobs, ids, check_mode, workers)
+    refuse_failures("rekey", staged, continue_on_error)
+    if not check_mode:
+        publish(repo, "rekey", staged.pairs)
+    names = recipient_names(plan.config)
+    res = OpResult(failed=staged.failed, skipped=_skipped(plan))
+    for job in jobs:
+        r = staged.results[job.rel]
+        if r["status"] == "changed":
+            res.changed_files.append(job.rel)
+            res.changes.append({"path": job.rel, "rule": plan.by_rel[job.rel].rule,
+                                "added": [_label(x, names) for x in r["added"]],
+                                "removed": [_label(x, names) for x in r["removed"]],
+                                **({"rotated": True} if job.rotate else {})})
+    res.counts = {"sops_files": len(plan.files), "changed": len(res.changed_files),
+                  "unchanged": len(plan.files) - len(res.changed_files) - len(res.failed),
+                  "failed": len(res.failed), "not_sops": len(plan.not_sops), "no_rule": len(plan.no_rule)}
     return res
 
 
-def select_files(
-    sc: Scan, path_regex: str | None = None, recipient: str | None = None, anchor: str | None = None
-) -> list[FilePlan]:
-    """Files of a scan matching a path regex and/or readable by a recipient (or an anchor's recipient)."""
-    if anchor:
-        anchors = sc.config.anchors()
-        if anchor not in anchors:
-            raise FleetError(f"{sc.config.path}: no anchor &{anchor}; known anchors: {', '.join(sorted(anchors))}")
-        recipient = anchors[anchor].recipient
-    elif recipient:
-        try:
-            recipient = validate_recipient(recipient)
-        except AgeKeyError as exc:
-            raise FleetError(f"recipient: {exc}") from None
-    pat = compile_user_regex(path_regex, "path_regex") if path_regex else None
-    out = []
-    for fp in sc.files:
-        if pat and not pat.search(fp.rel):
-            continue
-        if recipient and not any(recipient in g for g in fp.current):
-            continue
-        out.append(fp)
-    return out
+def select_files(sc: Plan, path_regex: str | None = None, recipient: str | None = None,
+                 anchor: str | None = None) -> list[FilePlan]:
+    """Plan.select (kept for callers of the old name)."""
+    return sc.select(path_regex, recipient, anchor)
 
 
 def rotate(
@@ -459,25 +557,38 @@ def rotate(
     check_mode: bool = False,
     continue_on_error: bool = False,
     workers: int | None = None,
+    plan: Plan | None = None,
+    files: Sequence[str] | None = None,
 ) -> OpResult:
-    """Data-key rotation (``sops rotate``) for all files, those matching ``path_regex``, or those
-    ``recipient``/``anchor`` can read. Every value is re-encrypted under a new data key.
+    """Data-key rotation (``sops rotate``) for all files, those matching ``path_regex``, those
+    ``recipient``/``anchor`` can read, or exactly ``files`` (relative paths). Every value is
+    re-encrypted under a new data key; rotation always changes the selected files.
 
-    Rotation always changes the selected files; check mode lists them.
+    Like rekey, it refuses (writes nothing) when a selected file cannot be
+    opened or its metadata cannot be read, unless ``continue_on_error``.
     """
+    plan = plan or Plan.scan(repo, workers=workers)
+    todo = plan.select(path_regex, recipient, anchor)
+    if files is not None:
+        wanted = set(files)
+        todo = [fp for fp in todo if fp.rel in wanted]
+    selected = None if (path_regex is None and recipient is None and anchor is None and files is None) else {
+        u["path"] for u in plan.unreadable
+        if (not path_regex or compile_user_regex(path_regex, "path_regex").search(u["path"]))
+        and (files is None or u["path"] in set(files))}
+    _refuse_unreadable("rotate", plan, selected, continue_on_error)
     ids = tuple(identities) if identities is not None else None
-    sc = scan(repo, workers=workers)
-    todo = select_files(sc, path_regex, recipient, anchor)
     if not check_mode:
-        remove_stale_temps(sc.repo)
-    rels = [fp.rel for fp in todo]
-    results = _map(_rotate_one, [(fp.path, ids, check_mode) for fp in todo], workers)
-    changed, failed = _finish("rotate", rels, results, continue_on_error, check_mode)
-    res = OpResult(failed=failed, skipped=_skipped(sc))
-    res.changed_files = [rel for rel, _ in changed]
+        remove_stale_temps(plan.repo)
+    staged = run_jobs([Job(fp.path, fp.rel, rotate=True) for fp in todo], ids, check_mode, workers)
+    refuse_failures("rotate", staged, continue_on_error)
+    if not check_mode:
+        publish(plan.repo, "rotate", staged.pairs)
+    res = OpResult(failed=staged.failed, skipped=_skipped(plan))
+    res.changed_files = staged.changed
     res.changes = [{"path": rel, "rotated": True} for rel in res.changed_files]
-    res.counts = {"sops_files": len(sc.files), "changed": len(changed), "failed": len(failed),
-                  "not_sops": len(sc.not_sops)}
+    res.counts = {"sops_files": len(plan.files), "changed": len(res.changed_files), "failed": len(res.failed),
+                  "not_sops": len(plan.not_sops)}
     return res
 
 

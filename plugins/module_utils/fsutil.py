@@ -279,7 +279,8 @@ def commit_all(pairs: list[tuple[str, str]]) -> None:
             done += 1
     except OSError as exc:
         undone = _undo(backups[:done])
-        discard_staged([tmp for tmp, _ in pairs[done:]] + [b for _, b in backups[done:] if b])
+        # Backups put back are gone; the others are old copies nothing refers to.
+        discard_staged([tmp for tmp, _ in pairs[done:]] + [b for _, b in backups if b])
         if undone is not None:
             raise PartialCommitError(
                 f"{exc.filename or ''}: {exc.strerror}; renaming new files into place stopped and could not be "

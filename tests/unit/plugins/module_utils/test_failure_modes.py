@@ -102,28 +102,54 @@ def test_stale_temp_cleanup_spares_user_files(tmp_path):
     assert removed == [tmp] and mine.exists()
 
 
-def test_failure_while_renaming_reports_what_is_new_and_leaves_no_temps(repo, monkeypatch):
+def _add_x_everywhere(repo):
     cfg = SopsConfig.load(repo.file(".sops.yaml"))
     cfg.ensure_recipient("x", age.recipient_from_identity(age.generate_identity()), group="users")
     cfg.ensure_rule_member(r"sops/shared\.yaml$", "x")
     cfg.ensure_rule_member(r"sops/alpha(-\d+)?\.yaml$", "x")
     cfg.ensure_rule_member(r"sops/beta(-\d+)?\.yaml$", "x")
     cfg.save()
+
+
+def test_failure_while_renaming_reports_what_is_new_and_leaves_no_temps(repo, monkeypatch):
+    # The second rename fails and so does putting the first file back (the filesystem went away):
+    # the error says what is new and what is not, and no temp is left.
+    _add_x_everywhere(repo)
     calls = []
-    real = fleet.commit_staged
+    real = os.replace
 
-    def flaky(tmp, target, sync_dir=True):
-        calls.append(target)
-        if len(calls) == 2:
-            raise OSError(5, "Input/output error", target)
-        return real(tmp, target, sync_dir)
+    def flaky(src, dst):
+        if "/sops/" not in dst:
+            return real(src, dst)  # not a sops file (the record of uncommitted paths)
+        calls.append(dst)
+        if len(calls) >= 2:
+            raise OSError(5, "Input/output error", dst)
+        return real(src, dst)
 
-    monkeypatch.setattr(fleet, "commit_staged", flaky)
+    monkeypatch.setattr(fsutil.os, "replace", flaky)
     with pytest.raises(fleet.FleetError, match=r"1 files are new .*2 are unchanged.*run rekey again"):
         fleet.rekey(repo.path, [repo.identities["admin"]], workers=1)
+    monkeypatch.setattr(fsutil.os, "replace", real)
     assert not [f for f in os.listdir(repo.file("sops")) if f.endswith(".tmp")]
-    monkeypatch.setattr(fleet, "commit_staged", real)
     assert fleet.rekey(repo.path, [repo.identities["admin"]]).counts["changed"] == 2
+
+
+@pytest.mark.parametrize("action", ["erofs", "eacces", "enospc"])
+def test_failure_while_renaming_is_undone(repo, monkeypatch, action):
+    from ansible_collections.nixfleet.sops.plugins.module_utils import failpoints
+
+    _add_x_everywhere(repo)
+    before = snapshot(repo.path)
+    monkeypatch.setenv(failpoints.ENV, f"rename#2:{action}")
+    failpoints.reset()
+    try:
+        with pytest.raises(fleet.FleetError, match="nothing was written, every file is as it was"):
+            fleet.rekey(repo.path, [repo.identities["admin"]], workers=1)
+    finally:
+        failpoints.reset()
+    after = snapshot(repo.path)
+    del after[".sops.yaml"], before[".sops.yaml"]
+    assert after == before
 
 
 @pytest.mark.parametrize("text", ["- a\n- b\n", "keys: 5\n", "keys:\n  - just a string\n",

@@ -1,17 +1,20 @@
-"""Crash safety: SIGKILL a rekey of 500 files at random moments; every file stays old or new, valid."""
+"""Crash safety: SIGKILL a rekey of 500 files at chosen points; every file stays old or new, valid.
+
+The kills land where a test asks them to (fleet.failpoints), not at random
+moments: while staging, while syncing, before the first rename, in the middle
+of the renames, after the last one, and before the commit.
+"""
 
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from ansible_collections.nixfleet.sops.plugins.module_utils import age, fleet
+from ansible_collections.nixfleet.sops.plugins.module_utils import age, failpoints, fleet
 from ansible_collections.nixfleet.sops.plugins.module_utils import sops as engine
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig
 
@@ -19,25 +22,20 @@ from tests.lib.secrets_repo import REPO_ROOT, make_repo, sops_decrypt
 
 pytestmark = pytest.mark.slow
 
-# Renames are fast, so a random kill rarely lands between two of them; a slow disk is simulated
-# (3 ms per rename) so that kills land while staging, while renaming, and after.
 REKEY = """
-import sys, time
+import sys
 sys.path.insert(0, {coll!r})
 from ansible_collections.nixfleet.sops.plugins.module_utils import fleet, fsutil
-_commit = fleet.commit_staged
-def slow_commit(*a, **k):
-    time.sleep(0.003)
-    return _commit(*a, **k)
-fleet.commit_staged = slow_commit
 with fsutil.repo_lock({repo!r}):
     fleet.rekey({repo!r}, [{ident!r}], workers={workers})
 print("done")
 """
+# (failpoint, what must be true afterwards): how many files may be new.
+KILLS = [("write#200", "none"), ("fleet.staged", "none"), ("sync", "none"), ("rename#1", "none"),
+         ("rename#250", "some"), ("rename#501", "all but one"), ("fleet.published", "all")]
 
 
 def test_sigkill_during_rekey_leaves_every_file_old_or_new(tmp_path, sops_bin):
-    rng = random.Random(int(os.environ.get("CRASH_SEED", "0")) or None)
     repo = make_repo(str(tmp_path), hosts=("a", "b", "c", "d", "e"), files_per_host=100, git=False)
     files = sorted(r for r in fleet.iter_candidate_files(repo.path) if r.endswith(".yaml"))
     assert len(files) == 501
@@ -55,25 +53,18 @@ def test_sigkill_during_rekey_leaves_every_file_old_or_new(tmp_path, sops_bin):
     cfg.save()
     script = REKEY.format(coll=os.path.join(REPO_ROOT, ".collections"), repo=repo.path,
                           ident=repo.identities["admin"], workers=2)
-    partial = 0
-    for _attempt in range(8):
-        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        time.sleep(rng.uniform(0.5, 2.5))
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    for point, expect in KILLS:
+        for rel, data in original.items():
+            with open(repo.file(rel), "wb") as fh:
+                fh.write(data)
+        # The whole run dies, its worker processes too, wherever the point is hit.
+        env = dict(os.environ, **{failpoints.ENV: f"{point}:killpg"})
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                              start_new_session=True)
+        assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, proc.stderr[-2000:])
         new = _assert_each_file_old_or_new(repo, files, original, plain, newcomers)
-        if 0 < new < len(files) - 1:
-            partial += 1
-        if new >= len(files) - 1:
-            # Everything done: start again from the old files so later kills land mid-way too.
-            for rel, data in original.items():
-                with open(repo.file(rel), "wb") as fh:
-                    fh.write(data)
-        if partial >= 2:
-            break
-    assert partial >= 1, "no kill landed in the middle of a rekey; the test proved nothing"
+        assert {"none": new == 0, "some": 0 < new < len(files) - 1, "all but one": new == len(files) - 1,
+                "all": new == len(files)}[expect], (point, new)
 
     # Every file, as it stands after the last kill, decrypts with the real sops.
     keyfile = repo.keyfile("admin")
@@ -82,12 +73,19 @@ def test_sigkill_during_rekey_leaves_every_file_old_or_new(tmp_path, sops_bin):
     bad = [(r, p.stderr.strip()[-200:]) for r, p in results if p.returncode != 0]
     assert not bad, bad[:5]
 
-    # A new run finishes the job.
+    # Back to a kill in the middle; a new run finishes the job and cleans up what the kill left.
+    for rel, data in original.items():
+        with open(repo.file(rel), "wb") as fh:
+            fh.write(data)
+    env = dict(os.environ, **{failpoints.ENV: "rename#250:killpg"})
+    subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, start_new_session=True)
+    assert [f for f in os.listdir(repo.file("sops")) if f.endswith(".tmp")], "the kill left no temp to clean up"
     res = fleet.rekey(repo.path, [repo.identities["admin"]])
-    assert res.counts["failed"] == 0
+    assert res.counts["failed"] == 0 and res.counts["changed"] == len(files) - 249
     assert fleet.rekey(repo.path, [repo.identities["admin"]], check_mode=True).changed_files == []
     leftovers = [f for f in os.listdir(repo.file("sops")) if f.endswith(".tmp")]
     assert leftovers == []
+    assert _assert_each_file_old_or_new(repo, files, original, plain, newcomers) == len(files)
 
 
 def _assert_each_file_old_or_new(repo, files, original, plain, newcomers):
