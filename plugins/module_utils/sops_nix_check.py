@@ -15,8 +15,6 @@ elsewhere), and symlinks are followed inside that root, as the host would.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 import posixpath
@@ -33,9 +31,10 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.age import (
     parse_identities,
     recipient_from_public_bytes,
     ssh_public_key_to_recipient,
-    x25519_scalar_from_ed25519_seed,
+    ssh_seed_recipient,
 )
 from ansible_collections.nixfleet.sops.plugins.module_utils.errors import NixfleetError
+from ansible_collections.nixfleet.sops.plugins.module_utils.openssh import ED25519, parse_private_key
 from ansible_collections.nixfleet.sops.plugins.module_utils.x25519 import public_key as x25519_public_key
 
 ACTIVATE_SCRIPT = "/run/current-system/activate"
@@ -95,102 +94,10 @@ class KeySource:
         return asdict(self)
 
 
-# --------------------------------------------------------------------------- SSH private keys
-@dataclass(frozen=True)
-class SshPrivateKey:
-    """What verify needs from an SSH private key, read without any crypto library."""
-
-    keytype: str
-    encrypted: bool
-    public_line: str  # "ssh-ed25519 AAAA…" ('' when not known)
-    seed: bytes | None  # ed25519 seed (32 bytes) when the key is unencrypted ed25519
-
-
-def _ssh_string(blob: bytes, offset: int) -> tuple[bytes, int]:
-    if offset + 4 > len(blob):
-        raise AgeKeyError("truncated key data")
-    length = int.from_bytes(blob[offset : offset + 4], "big")
-    end = offset + 4 + length
-    if end > len(blob):
-        raise AgeKeyError("truncated key data")
-    return blob[offset + 4 : end], end
-
-
-def _pem_body(text: str, label: str) -> bytes:
-    begin, end = f"-----BEGIN {label}-----", f"-----END {label}-----"
-    start = text.find(begin)
-    stop = text.find(end)
-    if start < 0 or stop < start:
-        raise AgeKeyError(f"no complete '{begin}' block")
-    body = "".join(text[start + len(begin) : stop].split())
-    try:
-        return base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError):
-        raise AgeKeyError("the key block is not valid base64") from None
-
-
-# PKCS#8 DER prefix of an ed25519 private key; the 32-byte seed follows.
-_PKCS8_ED25519 = bytes.fromhex("302e020100300506032b657004220420")
-
-
-def parse_ssh_private_key(text: str) -> SshPrivateKey:
-    """Parse an OpenSSH (or PKCS#8 ed25519) private key far enough to know its public half.
-
-    The OpenSSH format stores the public key in clear even when the private part is
-    encrypted; an unencrypted ed25519 key also yields its seed, which is all ssh-to-age
-    needs. The private section's check integers and embedded public key are compared,
-    so a corrupt key is reported. Raises AgeKeyError (never quoting the key).
-    """
-    if "OPENSSH PRIVATE KEY" not in text:
-        if "BEGIN PRIVATE KEY" in text:
-            der = _pem_body(text, "PRIVATE KEY")
-            if len(der) == 48 and der.startswith(_PKCS8_ED25519):
-                return SshPrivateKey("ssh-ed25519", False, "", der[16:])
-            raise AgeKeyError("a PKCS#8 private key that is not ed25519")
-        for label, kind in (("RSA", "RSA"), ("EC", "ECDSA"), ("DSA", "DSA")):
-            if f"BEGIN {label} PRIVATE KEY" in text:
-                raise AgeKeyError(f"a PEM {kind} private key, not an OpenSSH ed25519 key")
-        if text.lstrip().startswith(("ssh-", "ecdsa-")):
-            raise AgeKeyError("a public key where the private key was expected")
-        raise AgeKeyError("not an OpenSSH private key (no '-----BEGIN OPENSSH PRIVATE KEY-----' block)")
-    blob = _pem_body(text, "OPENSSH PRIVATE KEY")
-    magic = b"openssh-key-v1\x00"
-    if not blob.startswith(magic):
-        raise AgeKeyError("not an openssh-key-v1 key")
-    off = len(magic)
-    cipher, off = _ssh_string(blob, off)
-    _kdf, off = _ssh_string(blob, off)
-    _kdfopts, off = _ssh_string(blob, off)
-    if off + 4 > len(blob):
-        raise AgeKeyError("truncated key data")
-    nkeys = int.from_bytes(blob[off : off + 4], "big")
-    off += 4
-    if nkeys != 1:
-        raise AgeKeyError(f"the file holds {nkeys} keys, expected 1")
-    pub_blob, off = _ssh_string(blob, off)
-    keytype = _ssh_string(pub_blob, 0)[0].decode("ascii", "replace")
-    public_line = f"{keytype} {base64.b64encode(pub_blob).decode('ascii')}"
-    if cipher != b"none":
-        return SshPrivateKey(keytype, True, public_line, None)
-    priv, _ = _ssh_string(blob, off)
-    if len(priv) < 8 or priv[:4] != priv[4:8]:
-        raise AgeKeyError("the private section is corrupt (check integers differ)")
-    inner_type, p = _ssh_string(priv, 8)
-    if inner_type.decode("ascii", "replace") != keytype:
-        raise AgeKeyError("the private section's key type differs from the public key's")
-    if keytype != "ssh-ed25519":
-        return SshPrivateKey(keytype, False, public_line, None)
-    pub, p = _ssh_string(priv, p)
-    secret, p = _ssh_string(priv, p)
-    outer_pub = _ssh_string(pub_blob, _ssh_string(pub_blob, 0)[1])[0]
-    if len(pub) != 32 or len(secret) != 64 or secret[32:] != pub or pub != outer_pub:
-        raise AgeKeyError("the ed25519 key is corrupt (its public halves disagree)")
-    return SshPrivateKey(keytype, False, public_line, secret[:32])
-
-
-def ssh_seed_recipient(seed: bytes) -> str:
-    """The ``age1…`` recipient of an ed25519 seed: X25519 of ssh-to-age's private conversion."""
-    return recipient_from_public_bytes(x25519_public_key(x25519_scalar_from_ed25519_seed(seed)))
+# --------------------------------------------------------------------------- keys without crypto
+# The one OpenSSH parser (openssh.py) reads private keys without any crypto library; the verifier's
+# old name for it stays importable.
+parse_ssh_private_key = parse_private_key
 
 
 def identity_recipient(identity: str) -> str:
@@ -524,7 +431,7 @@ class Verifier:
         except (AgeKeyError, UnicodeDecodeError, OSError) as exc:
             self.fault("key_source", path, f"the SSH host key does not parse: {exc}", FIX_PUSH_HOST_KEY)
             return
-        if key.keytype != "ssh-ed25519":
+        if key.keytype not in ("", ED25519):
             self.fault("key_source", path, f"the SSH host key is {key.keytype}; sops-nix converts only ed25519 keys",
                        "point sops.age.sshKeyPaths at the ed25519 host key (/etc/ssh/ssh_host_ed25519_key)")
             return
