@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from ansible_collections.nixfleet.sops.plugins.module_utils import age, sops_nix_check
@@ -20,7 +21,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix_check impor
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from tests.lib.runner import run_module
+from tests.lib.runner import REPO, run_module
 
 HASH = "a" * 32
 MANIFEST = f"/nix/store/{HASH}-manifest.json"
@@ -168,6 +169,27 @@ def test_parse_ssh_private_key_pkcs8_and_corrupt() -> None:
 def test_identity_recipient_pure_python() -> None:
     identity = age.generate_identity()
     assert sops_nix_check.identity_recipient(identity) == age.recipient_from_identity(identity)
+
+
+def test_target_side_needs_only_the_standard_library(tmp_path) -> None:
+    """NixOS hosts have no PyPI packages: the whole target-side verifier runs with them blocked."""
+    h = healthy(str(tmp_path))
+    code = f"""
+import json, sys
+sys.path.insert(0, {os.path.join(REPO, '.collections')!r})
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        top = name.split('.')[0]
+        if top not in sys.stdlib_module_names and top != 'ansible_collections':
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix_check import verify
+print(json.dumps(verify(**json.loads(sys.argv[1]))))
+"""
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(h["args"])], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["ok"] and result["recipients"] == [h["host_recipient"]], result["faults"]
 
 
 # --------------------------------------------------------------------------- manifest discovery
