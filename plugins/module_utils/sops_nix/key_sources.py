@@ -71,13 +71,14 @@ def check_age_key_file(v: Verifier, path: str, expected: list[str]) -> None:
         v, "key_source", path, "root", "sops-nix's age key file (ageKeyFile)",
         "derive it from the host key (nixfleet.sops.age_keypair with ssh_key_path=/etc/ssh/ssh_host_ed25519_key) "
         "or remove sops.age.keyFile from the configuration; " + FIX_PUSH_HOST_KEY)
-    if not ok:
+    text = v.read("key_source", path, "the age key file", FIX_PUSH_HOST_KEY) if ok else None
+    if text is None:
         return
     try:
-        identities = parse_identities(v.fs.read_text(path), source=path)
+        identities = parse_identities(text, source=path)
         source.recipients = [identity_recipient(i) for i in identities]
         source.usable = True
-    except (AgeKeyError, UnicodeDecodeError, OSError) as exc:
+    except AgeKeyError as exc:
         v.fault("key_source", path, f"the age key file does not parse: {exc}",
                 "replace it with a valid age key file (age-keygen format)")
         return
@@ -100,9 +101,12 @@ def check_ssh_key(v: Verifier, path: str, expected: list[str]) -> None:
         if pub_recipient:
             source.recipients = [pub_recipient]
         return
+    text = v.read("key_source", path, "the SSH host key", FIX_PUSH_HOST_KEY)
+    if text is None:
+        return
     try:
-        key = parse_private_key(v.fs.read_text(path))
-    except (AgeKeyError, UnicodeDecodeError, OSError) as exc:
+        key = parse_private_key(text)
+    except AgeKeyError as exc:
         v.fault("key_source", path, f"the SSH host key does not parse: {exc}", FIX_PUSH_HOST_KEY)
         return
     if key.keytype not in ("", ED25519):
@@ -135,11 +139,14 @@ def check_ssh_key(v: Verifier, path: str, expected: list[str]) -> None:
 def _pub_recipient(v: Verifier, path: str) -> str | None:
     if v.fs.stat(path) is None:
         return None
+    fix = f"regenerate it: `ssh-keygen -y -f {path[:-4]} > {path}`"
+    text = v.read("key_source", path, "the SSH public key", fix)
+    if text is None:
+        return None
     try:
-        return ssh_public_key_to_recipient(v.fs.read_text(path))
-    except (AgeKeyError, UnicodeDecodeError, OSError) as exc:
-        v.fault("key_source", path, f"the SSH public key does not parse: {exc}",
-                f"regenerate it: `ssh-keygen -y -f {path[:-4]} > {path}`")
+        return ssh_public_key_to_recipient(text)
+    except AgeKeyError as exc:
+        v.fault("key_source", path, f"the SSH public key does not parse: {exc}", fix)
         return None
 
 

@@ -15,8 +15,9 @@ import posixpath
 import shlex
 from typing import Any
 
+from ansible_collections.nixfleet.sops.plugins.module_utils.errors import NixfleetError
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix.report import VerifyError
-from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix.rootfs import RootedFS
+from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix.rootfs import MANIFEST, RootedFS
 
 ACTIVATE_SCRIPT = "/run/current-system/activate"
 UNIT_NAME = "sops-install-secrets.service"
@@ -105,13 +106,14 @@ def find_manifests(fs: RootedFS) -> list[str]:
 def load_manifest(fs: RootedFS, path: str) -> dict[str, Any]:
     """The manifest at ``path`` as a dict; raises ManifestError saying why it cannot be used."""
     try:
-        data = json.loads(fs.read_text(path))
+        data = json.loads(fs.read_text(path, MANIFEST))
     except FileNotFoundError:
         raise ManifestError("the sops-nix manifest named by the activation does not exist",
                             "switch to the configuration again (`nixos-rebuild switch`); the store path may have "
                             "been garbage-collected") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ManifestError(f"cannot read the sops-nix manifest ({exc})",
+        why = exc.message if isinstance(exc, NixfleetError) else exc
+        raise ManifestError(f"cannot read the sops-nix manifest ({why})",
                             "check the path given as `manifest`, or rebuild the system") from None
     if not isinstance(data, dict) or not isinstance(data.get("secrets", []), list):
         raise ManifestError("not a sops-nix manifest (no 'secrets' list)",

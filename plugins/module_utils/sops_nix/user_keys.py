@@ -16,6 +16,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix.key_sources
     identity_recipient,
     private_file,
 )
+from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix.rootfs import CONFIG
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix.verifier import Verifier
 
 DEFAULT_SSH_CONFIG = "/root/.ssh/config"
@@ -32,9 +33,12 @@ def check_user_key(v: Verifier, path: str, owner: str, expected_recipient: str |
                 "check the user name given as user_key.owner")
     else:
         _check_reachable(v, "user_key", path, owner)
+    text = v.read("user_key", path, "the user's age key", fix_missing)
+    if text is None:
+        return
     try:
-        identities = parse_identities(v.fs.read_text(path), source=path)
-    except (AgeKeyError, UnicodeDecodeError, OSError) as exc:
+        identities = parse_identities(text, source=path)
+    except AgeKeyError as exc:
         v.fault("user_key", path, f"the user's age key does not parse: {exc}", fix_missing)
         return
     recipients = [identity_recipient(i) for i in identities]
@@ -68,13 +72,14 @@ def check_deploy_key(v: Verifier, path: str, alias: str, ssh_config: str) -> Non
     """A deploy key: private, parses, and root's ssh config uses it for ``Host <alias>``."""
     fix_missing = ("push the deploy key stored in sops/<host>.yaml (deploy-keys/<repo>) with "
                    "`ansible-playbook playbooks/bootstrap.yml -l <host>`")
-    if private_file(v, "deploy_key", path, "root", "the deploy key", fix_missing):
+    ok = private_file(v, "deploy_key", path, "root", "the deploy key", fix_missing)
+    text = v.read("deploy_key", path, "the deploy key", fix_missing) if ok else None
+    if text is not None:
         try:
-            key = parse_private_key(v.fs.read_text(path))
-            if key.encrypted:
+            if parse_private_key(text).encrypted:
                 v.fault("deploy_key", path, "the deploy key is passphrase-protected; unattended git cannot use it",
                         f"remove the passphrase (`ssh-keygen -p -N '' -f {path}`)")
-        except (AgeKeyError, UnicodeDecodeError, OSError) as exc:
+        except AgeKeyError as exc:
             v.fault("deploy_key", path, f"the deploy key does not parse: {exc}", fix_missing)
     if alias:
         _check_alias(v, path, alias, ssh_config)
@@ -84,14 +89,13 @@ def _check_alias(v: Verifier, path: str, alias: str, ssh_config: str) -> None:
     """root's ssh config has a ``Host <alias>`` block whose IdentityFile is the deploy key."""
     block_fix = (f"add to {ssh_config}:  Host {alias} / HostName <forge> / IdentityFile {path} / "
                  "IdentitiesOnly yes")
-    try:
-        hosts = parse_ssh_config(v.fs.read_text(ssh_config))
-    except FileNotFoundError:
+    if v.fs.stat(ssh_config) is None:
         v.fault("ssh_config", ssh_config, f"does not exist, so no Host {alias} block uses {path}", block_fix)
         return
-    except (OSError, UnicodeDecodeError) as exc:
-        v.fault("ssh_config", ssh_config, f"cannot be read: {exc}", block_fix)
+    text = v.read("ssh_config", ssh_config, "root's ssh config", block_fix, CONFIG)
+    if text is None:
         return
+    hosts = parse_ssh_config(text)
     home = posixpath.dirname(posixpath.dirname(ssh_config))
     blocks = [b for b in hosts if alias in b["patterns"]]
     if not blocks:

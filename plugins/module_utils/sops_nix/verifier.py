@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import socket
 
+from ansible_collections.nixfleet.sops.plugins.module_utils.errors import NixfleetError
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix.accounts import Accounts
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix.manifests import find_manifests
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix.report import Report
-from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix.rootfs import RootedFS
+from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix.rootfs import KEY, FileKind, RootedFS
 
 
 class Verifier:
@@ -34,3 +35,16 @@ class Verifier:
     def find_manifests(self) -> list[str]:
         """The manifests the host's activation runs (see manifests.find_manifests)."""
         return find_manifests(self.fs)
+
+    def read(self, check: str, path: str, what: str, fix: str, kind: FileKind = KEY) -> str | None:
+        """The text of the host's file ``path``; None, with a fault naming the path, when it cannot be read.
+
+        A FIFO, a device, an oversized file or bytes that are not UTF-8 are each such a fault.
+        """
+        try:
+            return self.fs.read_text(path, kind)
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.message if isinstance(exc, NixfleetError) else (
+                "it is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror or str(exc))
+            self.fault(check, path, f"{what} cannot be read: {why}", fix)
+            return None

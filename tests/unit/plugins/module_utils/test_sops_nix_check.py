@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -374,6 +375,73 @@ def test_parse_ssh_config_blocks() -> None:
                               "Host=c\n  identityfile \"/root/.ssh/c key\"\n")
     assert blocks == [{"patterns": ["a", "b"], "identity_files": ["~/.ssh/a"]},
                       {"patterns": ["c"], "identity_files": ["/root/.ssh/c key"]}]
+
+
+# --------------------------------------------------------------------------- hostile files on the host
+class Blocked(BaseException):
+    """Raised by the alarm: not an OSError, so no `except OSError` in the verifier can swallow it."""
+
+
+@pytest.fixture
+def deadline():
+    """Fail instead of hanging the suite when the verifier blocks: SIGALRM interrupts a blocking open()."""
+    def expired(signum, frame):
+        raise Blocked("the verifier blocked for 10 s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("where", [
+    MANIFEST, "/etc/ssh/ssh_host_ed25519_key.pub", "/etc/ssh/ssh_host_ed25519_key", "/var/lib/sops-nix/key.txt",
+    "/home/rain/.config/sops/age/keys.txt", "/root/.ssh/nix-secrets-deploy", "/root/.ssh/config",
+])
+def test_a_fifo_is_a_fault_and_never_blocks_the_verifier(tmp_path, deadline, where) -> None:
+    h = healthy(str(tmp_path))
+    real = h["tree"].p(where)
+    os.unlink(real)
+    os.mkfifo(real, 0o600)
+    result = verify(**h["args"])
+    [fault] = [f for f in result["faults"] if f["path"] == where]
+    assert fault["message"].startswith(f"testhost: {where}: ") and "not a regular file" in fault["message"]
+    assert fault["fix"]
+
+
+@pytest.mark.parametrize("where", ["/etc/passwd", "/run/current-system/activate"])
+def test_a_fifo_in_place_of_what_the_verifier_reads_first_never_blocks(tmp_path, deadline, where) -> None:
+    h = healthy(str(tmp_path))
+    real = h["tree"].p(where)
+    os.unlink(real)
+    os.mkfifo(real, 0o644)
+    result = verify(**h["args"])
+    assert not result["ok"]  # no user names (passwd) or no manifest (activate): reported, not hung
+
+
+def test_a_fifo_swapped_in_after_the_checks_looked_is_refused_when_opened(tmp_path, deadline) -> None:
+    """The check that the file is regular and the read are two steps; the read itself refuses a FIFO."""
+    from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix import rootfs
+
+    h = healthy(str(tmp_path))
+    os.unlink(h["tree"].p(MANIFEST))
+    os.mkfifo(h["tree"].p(MANIFEST))
+    with pytest.raises(rootfs.UnsafeFileError, match="FIFO"):
+        rootfs.RootedFS(str(tmp_path)).read_text(MANIFEST, rootfs.MANIFEST)
+
+
+@pytest.mark.parametrize(("where", "label"), [
+    ("/etc/ssh/ssh_host_ed25519_key", "key file"), ("/var/lib/sops-nix/key.txt", "key file"),
+    ("/home/rain/.config/sops/age/keys.txt", "key file"), (MANIFEST, "sops-nix manifest"),
+])
+def test_a_huge_sparse_file_is_refused_without_reading_it(tmp_path, where, label) -> None:
+    h = healthy(str(tmp_path))
+    os.truncate(h["tree"].p(where), 200 * 1024 * 1024)
+    result = verify(**h["args"])
+    [fault] = [f for f in result["faults"] if f["path"] == where]
+    assert fault["message"].startswith(f"testhost: {where}: ")
+    assert "209715200 bytes" in fault["message"] and f"more than a {label} can be" in fault["message"]
 
 
 # --------------------------------------------------------------------------- sops files
