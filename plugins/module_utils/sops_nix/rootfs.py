@@ -44,7 +44,8 @@ class UnsafeFileError(NixfleetError, OSError):
     """
 
 
-def _what(mode: int) -> str:
+def file_type(mode: int) -> str:
+    """What a file of ``mode`` is, for messages: 'a FIFO (named pipe)', 'a directory', …"""
     for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link")):
@@ -55,7 +56,7 @@ def _what(mode: int) -> str:
 
 def _checked(st: os.stat_result, kind: FileKind) -> None:
     if not stat.S_ISREG(st.st_mode):
-        raise UnsafeFileError(f"it is {_what(st.st_mode)}, not a regular file")
+        raise UnsafeFileError(f"it is {file_type(st.st_mode)}, not a regular file")
     if st.st_size > kind.limit:
         raise UnsafeFileError(f"it is {st.st_size} bytes, more than a {kind.label} can be ({kind.limit} bytes)")
 

@@ -12,13 +12,20 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import stat
 
 from ansible_collections.nixfleet.sops.plugins.module_utils.age import AgeKeyError, ssh_public_key_to_recipient
+from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import walk_files
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix.key_sources import FIX_REKEY
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix.report import VerifyError
+from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix.rootfs import file_type
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix.verifier import Verifier
 
 _STORE_PATH = re.compile(r"^/nix/store/[0-9a-z]{32}-([^/]+)(/.*)?$")
+
+
+class OutsideRepoError(VerifyError):
+    """A ``sopsFile`` that leads out of the secrets repository (``..`` or a symlink)."""
 
 
 def file_recipients(path: str) -> list[str]:
@@ -26,13 +33,20 @@ def file_recipients(path: str) -> list[str]:
 
     Runs on the controller only: it reads the metadata with the native sops
     engine, which needs pyrage, so the import stays inside the function and
-    the target side of the verifier keeps to the standard library.
-    Raises VerifyError when the file cannot be read or has no sops metadata.
+    the target side of the verifier keeps to the standard library. Only a
+    regular file is read (a FIFO would block the run). Raises VerifyError when
+    the file cannot be read or has no sops metadata.
     """
     from ansible_collections.nixfleet.sops.plugins.module_utils import sops as engine
 
-    if not os.path.exists(path):
-        raise VerifyError("the file does not exist")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise VerifyError("the file does not exist") from None
+    except OSError as exc:
+        raise VerifyError(f"cannot read it: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise VerifyError(f"it is {file_type(st.st_mode)}, not a regular file")
     try:
         sf = engine.load(path)
     except engine.SopsNotEncryptedError:
@@ -42,6 +56,20 @@ def file_recipients(path: str) -> list[str]:
     return [r for group in sf.recipients for r in group]
 
 
+def _inside(repo: str, rel: str, shown: str) -> str:
+    """``repo/rel`` when it stays inside ``repo`` once ``..`` and every symlink are resolved.
+
+    The path comes from a host's manifest, which the host controls: it must not
+    make the controller read files outside the secrets repository.
+    """
+    candidate = os.path.normpath(os.path.join(repo, rel))
+    real_repo, real = os.path.realpath(repo), os.path.realpath(candidate)
+    if os.path.commonpath([real_repo, real]) != real_repo:
+        raise OutsideRepoError(f"{shown} leads out of the secrets repo {repo} (to {real}); only files inside the "
+                          "repository are checked")
+    return candidate
+
+
 def map_sops_file(manifest_path: str, repo: str | None) -> str:
     """Where a manifest's ``sopsFile`` lives in the secrets repository ``repo`` (a local checkout).
 
@@ -49,36 +77,34 @@ def map_sops_file(manifest_path: str, repo: str | None) -> str:
     input: the path below the store directory is the path in the repo) or
     ``/nix/store/<hash>-x.yaml`` (a path literal: only the name survives, which is then looked up
     as ``<repo>/x.yaml``, ``<repo>/sops/x.yaml`` or a unique file of that name in the repo).
-    Without ``repo`` the path is returned unchanged. Raises VerifyError when no (or no unique)
-    file matches.
+    The result is always inside ``repo``: a path that leads out of it (``..``, a symlink) raises
+    VerifyError, as does no (or no unique) match. Without ``repo`` the path is returned unchanged.
     """
     if not repo:
         return manifest_path
     store = _STORE_PATH.match(manifest_path)
     if store and store.group(2):
-        candidate = os.path.join(repo, store.group(2).lstrip("/"))
+        candidate = _inside(repo, store.group(2).lstrip("/"), manifest_path)
         if os.path.isfile(candidate):
             return candidate
         name = posixpath.basename(manifest_path)
     elif store:
         name = store.group(1)
     elif not manifest_path.startswith("/"):
-        return os.path.join(repo, manifest_path)
+        return _inside(repo, manifest_path, manifest_path)
     else:
         name = posixpath.basename(manifest_path)
-    for candidate in (os.path.join(repo, name), os.path.join(repo, "sops", name)):
+    for rel in (name, posixpath.join("sops", name)):
+        candidate = _inside(repo, rel, manifest_path)
         if os.path.isfile(candidate):
             return candidate
-    matches = []
-    for dirpath, dirnames, filenames in os.walk(repo):
-        dirnames[:] = [d for d in dirnames if d not in (".git", ".jj")]
-        if name in filenames:
-            matches.append(os.path.join(dirpath, name))
+    # The repository's one walk: no symlinks followed, no FIFOs or devices.
+    matches = [os.path.join(repo, rel) for rel in walk_files(repo) if posixpath.basename(rel) == name]
     if len(matches) == 1:
         return matches[0]
     if not matches:
         raise VerifyError(f"no file named {name} in the secrets repo {repo}")
-    raise VerifyError(f"{len(matches)} files named {name} in the secrets repo {repo}: {', '.join(sorted(matches))}")
+    raise VerifyError(f"{len(matches)} files named {name} in the secrets repo {repo}: {', '.join(matches)}")
 
 
 def check_sops_file(v: Verifier, file_path: str, shown_as: str, host_recipients: list[str]) -> None:
@@ -125,7 +151,8 @@ def check_sops_files(v: Verifier, files: list[str], repo: str | None, host_recip
         try:
             local = map_sops_file(manifest_path, repo)
         except VerifyError as exc:
-            v.fault("sops_file", manifest_path, f"cannot find it in the secrets repo: {exc}",
+            what = str(exc) if isinstance(exc, OutsideRepoError) else f"cannot find it in the secrets repo: {exc}"
+            v.fault("sops_file", manifest_path, what,
                     "set verify_sops_files explicitly, or verify_secrets_repo to the nix-secrets checkout")
             continue
         check_sops_file(v, local, manifest_path, host_recipients)

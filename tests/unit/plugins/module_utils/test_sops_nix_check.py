@@ -504,6 +504,47 @@ def test_map_sops_file(tmp_path) -> None:
         map_sops_file(f"/nix/store/{HASH}-missing.yaml", repo)
 
 
+def _escape_tree(tmp_path) -> tuple[str, str]:
+    """A repo with ways out of it: a file beside it, a symlinked file and a symlinked directory pointing out."""
+    repo = tmp_path / "repo"
+    (repo / "sops").mkdir(parents=True)
+    (repo / "sops" / "shared.yaml").write_text("")
+    (tmp_path / "outside.yaml").write_text("")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x.yaml").write_text("")
+    (repo / "sops" / "link.yaml").symlink_to(tmp_path / "outside.yaml")
+    (repo / "sops" / "ext").symlink_to(tmp_path / "elsewhere")
+    return str(repo), str(tmp_path / "outside.yaml")
+
+
+@pytest.mark.parametrize("sops_file", [
+    "../outside.yaml", "sops/../../outside.yaml", f"{SOURCE}/../outside.yaml", f"{SOURCE}/sops/link.yaml",
+    f"{SOURCE}/sops/ext/x.yaml", "sops/ext/x.yaml", f"/nix/store/{HASH}-link.yaml", "/srv/link.yaml",
+    f"/nix/store/{HASH}-source/..",
+])
+def test_map_sops_file_never_leaves_the_repo(tmp_path, sops_file) -> None:
+    repo, _ = _escape_tree(tmp_path)
+    with pytest.raises(VerifyError, match="leads out of the secrets repo"):
+        map_sops_file(sops_file, repo)
+
+
+def test_controller_scope_reports_a_sops_file_that_leads_out_of_the_repo(tmp_path) -> None:
+    repo, outside = _escape_tree(tmp_path)
+    result = verify(host="h1", scope="controller", sops_files=["../outside.yaml", f"{SOURCE}/sops/link.yaml"],
+                    secrets_repo=repo, recipients=[age.recipient_from_identity(age.generate_identity())])
+    assert [f["path"] for f in result["faults"]] == ["../outside.yaml", f"{SOURCE}/sops/link.yaml"]
+    for fault in result["faults"]:
+        assert fault["message"].startswith(f"h1: {fault['path']}: ") and "leads out of the secrets repo" in \
+            fault["message"]
+
+
+def test_controller_refuses_a_fifo_as_a_sops_file(tmp_path, deadline) -> None:
+    fifo = tmp_path / "x.yaml"
+    os.mkfifo(fifo)
+    [fault] = verify(host="h1", scope="controller", sops_files=[str(fifo)], recipients=["age1x"])["faults"]
+    assert fault["path"] == str(fifo) and "not a regular file" in fault["message"]
+
+
 @pytest.mark.interop
 def test_sops_files_controller_scope(sops_repo) -> None:
     repo = sops_repo["repo"]
