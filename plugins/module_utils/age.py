@@ -17,43 +17,31 @@ where (file, line), not what it contained.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import re
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import NixfleetError
+from .errors import AgeKeyError
+from .openssh import ED25519, KEY_TYPES, MalformedKeyError, parse_private_key
+from .openssh import ED25519_ONLY as _ED25519_ONLY
+from .openssh import parse_public_key as parse_ssh_public_key
+from .openssh import read_string as _read_string  # noqa: F401 (the old name, kept importable)
+from .x25519 import public_key as _x25519_public_key
 
 RECIPIENT_HRP = "age"
 IDENTITY_HRP = "age-secret-key-"
 _CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _GENERATOR = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
 
-SSH_KEY_TYPES = {
-    "ssh-ed25519": "ed25519",
-    "ssh-rsa": "RSA",
-    "ssh-dss": "DSA",
-    "ecdsa-sha2-nistp256": "ECDSA",
-    "ecdsa-sha2-nistp384": "ECDSA",
-    "ecdsa-sha2-nistp521": "ECDSA",
-    "sk-ssh-ed25519@openssh.com": "FIDO ed25519-sk",
-    "sk-ecdsa-sha2-nistp256@openssh.com": "FIDO ECDSA-sk",
-}
-_ED25519_ONLY = (
-    "sops-nix and ssh-to-age can only convert ed25519 keys; "
-    "use the host's /etc/ssh/ssh_host_ed25519_key(.pub)"
-)
-
-
-class AgeKeyError(NixfleetError, ValueError):
-    """Bad key input. The message names the problem and where, never the key."""
+# The OpenSSH key types and their human names live in openssh.py (the one parser); these names stay
+# importable from here for the callers that know them from age.py.
+SSH_KEY_TYPES = KEY_TYPES
 
 
 _SECRET_PATTERNS = (
-    re.compile(r"AGE-SECRET-KEY-1[0-9A-Za-z]*"),
+    re.compile(r"AGE-SECRET-KEY-(?:PQ-)?1[0-9A-Za-z]*"),
+    re.compile(r"AGE-PLUGIN-[A-Z0-9-]+1[0-9A-Za-z]*"),
     re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|$)", re.S),
 )
 
@@ -321,19 +309,9 @@ def _ssh_private_kind(pem: str) -> str:
     if "-----BEGIN OPENSSH PRIVATE KEY-----" not in pem:
         raise AgeKeyError("not an OpenSSH private key (only OpenSSH ed25519/RSA and PEM RSA keys are identities)")
     try:
-        body = "".join(ln.strip() for ln in pem.splitlines() if ln.strip() and not ln.startswith("-----"))
-        blob = base64.b64decode(body)
-        if not blob.startswith(b"openssh-key-v1\x00"):
-            raise AgeKeyError("not an OpenSSH private key")
-        off = len(b"openssh-key-v1\x00")
-        for _ in range(3):  # cipher, kdf name, kdf options
-            _, off = _read_string(blob, off)
-        off += 4  # number of keys
-        public, _ = _read_string(blob, off)
-        keytype, _ = _read_string(public, 0)
-    except (binascii.Error, ValueError):
+        name = parse_private_key(pem).keytype
+    except MalformedKeyError:
         raise AgeKeyError("the OpenSSH private key does not parse (truncated or corrupt)") from None
-    name = keytype.decode("ascii", "replace")
     if name not in (SSH_ED25519, SSH_RSA):
         raise AgeKeyError(f"a {SSH_KEY_TYPES.get(name, name)} SSH key cannot be an age identity (ed25519 or RSA only)")
     return name
@@ -505,47 +483,6 @@ def _ed25519_to_x25519_public(pk: bytes) -> bytes:
     return u.to_bytes(32, "little")
 
 
-def _read_string(blob: bytes, offset: int) -> tuple[bytes, int]:
-    if offset + 4 > len(blob):
-        raise AgeKeyError("truncated SSH key data")
-    (length,) = struct.unpack(">I", blob[offset : offset + 4])
-    end = offset + 4 + length
-    if end > len(blob):
-        raise AgeKeyError("truncated SSH key data")
-    return blob[offset + 4 : end], end
-
-
-def parse_ssh_public_key(text: str) -> tuple[str, bytes, str]:
-    """Parse an SSH public key line: bare, authorized_keys (with options) or known_hosts.
-
-    Returns (key type, raw key blob, comment). Raises AgeKeyError when no key
-    is found or the blob does not match its declared type.
-    """
-    if not isinstance(text, str):
-        raise AgeKeyError(f"an SSH public key must be a string, got {type(text).__name__}")
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    if not lines:
-        raise AgeKeyError("no SSH public key found (empty input)")
-    if "PRIVATE KEY" in lines[0]:
-        raise AgeKeyError("this is a private key, a public key was expected")
-    tokens = lines[0].split()
-    for i, token in enumerate(tokens):
-        if token in SSH_KEY_TYPES:
-            if i + 1 >= len(tokens):
-                raise AgeKeyError(f"{token} key without its base64 data")
-            try:
-                blob = base64.b64decode(tokens[i + 1], validate=True)
-            except (binascii.Error, ValueError):
-                raise AgeKeyError(f"the {token} key's base64 data is invalid") from None
-            inner, _ = _read_string(blob, 0)
-            if inner.decode("ascii", "replace") != token:
-                raise AgeKeyError(f"key data says {inner.decode('ascii', 'replace')!r} but the line says {token!r}")
-            return token, blob, " ".join(tokens[i + 2 :])
-    if lines[0].startswith(("age1", "AGE-SECRET-KEY-")):
-        raise AgeKeyError("this is an age key, an SSH ed25519 public key was expected")
-    raise AgeKeyError("no SSH public key found (expected a line like 'ssh-ed25519 AAAA… comment')")
-
-
 def ssh_public_key_to_recipient(text: str) -> str:
     """ssh-to-age for public keys: an ed25519 SSH public key line to an ``age1…`` recipient.
 
@@ -553,12 +490,7 @@ def ssh_public_key_to_recipient(text: str) -> str:
     known_hosts line. RSA, ECDSA, DSA and FIDO keys are refused: sops-nix
     cannot use them as age keys.
     """
-    keytype, blob, _ = parse_ssh_public_key(text)
-    if keytype != "ssh-ed25519":
-        raise AgeKeyError(f"{SSH_KEY_TYPES[keytype]} key ({keytype}): {_ED25519_ONLY}")
-    _, off = _read_string(blob, 0)
-    pk, _ = _read_string(blob, off)
-    return recipient_from_public_bytes(_ed25519_to_x25519_public(pk))
+    return recipient_from_public_bytes(_ed25519_to_x25519_public(parse_ssh_public_key(text).ed25519))
 
 
 @dataclass(frozen=True)
@@ -569,86 +501,85 @@ class Ed25519Private:
     public: bytes
     comment: str
 
+    def __repr__(self) -> str:  # the seed is the private key: keep it out of tracebacks and logs
+        return f"Ed25519Private(comment={self.comment!r})"
+
 
 def load_ssh_private_key(data: bytes | str, passphrase: bytes | str | None = None) -> Ed25519Private:
     """Load an OpenSSH (or PKCS#8 PEM) private key and insist that it is ed25519.
 
-    Raises AgeKeyError for encrypted keys without (or with a wrong) passphrase,
-    other key types, and anything that does not parse. Never echoes the input.
+    The key is parsed by the standard-library parser (openssh.py); only a
+    passphrase-protected key needs ``cryptography`` (to decrypt it), and a
+    PKCS#8 key (to derive the public half it does not store). The seed
+    must give the public key the file states (a corrupt key is refused, not
+    registered under a recipient it cannot open). Raises AgeKeyError for
+    encrypted keys without (or with a wrong) passphrase, other key types, and
+    anything that does not parse. Never echoes the input.
     """
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
-
     if isinstance(data, str):
         data = data.encode("utf-8")
     if isinstance(passphrase, str):
         passphrase = passphrase.encode("utf-8")
-    if not data.strip():
-        raise AgeKeyError("the SSH private key is empty")
-    stripped = data.strip()
-    if stripped.startswith(b"ssh-") or stripped.startswith(b"ecdsa-"):
-        raise AgeKeyError("this is an SSH public key, a private key was expected")
-    if b"-----BEGIN" not in stripped:
-        raise AgeKeyError("not an SSH private key (no OpenSSH or PEM key block found)")
-    if b"-----END" not in stripped:
-        raise AgeKeyError("the SSH private key is truncated (no '-----END' line)")
     try:
-        if b"OPENSSH PRIVATE KEY" in stripped:
-            key = serialization.load_ssh_private_key(stripped, password=passphrase or None)
+        key = parse_private_key(data)
+    except MalformedKeyError as exc:
+        raise AgeKeyError(f"the SSH private key does not parse ({exc.message})") from None
+    if key.keytype and key.keytype != ED25519:
+        raise AgeKeyError(f"{key.kind} private key: {_ED25519_ONLY}")
+    if key.encrypted:
+        if not passphrase:
+            raise AgeKeyError("the SSH private key is encrypted: give its passphrase")
+        seed, public = _decrypt_ssh_private_key(data.strip(), passphrase, key.container)
+        return Ed25519Private(seed=seed, public=public, comment="")
+    if passphrase:
+        raise AgeKeyError("a passphrase was given but the SSH private key is not encrypted")
+    assert key.seed is not None
+    public = key.public
+    if public is not None and ssh_seed_recipient(key.seed) != recipient_from_public_bytes(
+            _ed25519_to_x25519_public(public)):
+        raise AgeKeyError("the SSH private key is corrupt (its private and public halves disagree)")
+    if public is None:  # PKCS#8 stores no public key: derive it
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        public = Ed25519PrivateKey.from_private_bytes(key.seed).public_key().public_bytes_raw()
+    return Ed25519Private(seed=key.seed, public=public, comment=key.comment)
+
+
+def _decrypt_ssh_private_key(pem: bytes, passphrase: bytes, container: str) -> tuple[bytes, bytes]:
+    """(seed, public) of a passphrase-protected ed25519 key; the controller's crypto does the decryption."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    try:
+        if container == "openssh":
+            key = serialization.load_ssh_private_key(pem, password=passphrase)
         else:
-            key = serialization.load_pem_private_key(stripped, password=passphrase or None)
-    except TypeError as exc:
-        msg = str(exc).lower()
-        if not passphrase and ("not given" in msg or "not provided" in msg or "protected" in msg or "encrypted" in msg):
-            raise AgeKeyError("the SSH private key is encrypted: give its passphrase") from None
-        if "not encrypted" in msg:
-            raise AgeKeyError("a passphrase was given but the SSH private key is not encrypted") from None
-        raise AgeKeyError("cannot load the SSH private key (wrong passphrase or unsupported format)") from None
-    except ValueError as exc:
-        if passphrase and ("bad decrypt" in str(exc).lower() or "incorrect password" in str(exc).lower()
-                           or "corrupt" in str(exc).lower()):
-            raise AgeKeyError("cannot decrypt the SSH private key: wrong passphrase") from None
-        raise AgeKeyError("the SSH private key does not parse (truncated or corrupt)") from None
-    except UnsupportedAlgorithm:
-        raise AgeKeyError(f"unsupported SSH private key type: {_ED25519_ONLY}") from None
-    if isinstance(key, rsa.RSAPrivateKey):
-        raise AgeKeyError(f"RSA private key: {_ED25519_ONLY}")
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        raise AgeKeyError(f"ECDSA private key: {_ED25519_ONLY}")
-    if isinstance(key, dsa.DSAPrivateKey):
-        raise AgeKeyError(f"DSA private key: {_ED25519_ONLY}")
+            key = serialization.load_pem_private_key(pem, password=passphrase)
+    except (TypeError, ValueError):
+        raise AgeKeyError("cannot decrypt the SSH private key: wrong passphrase") from None
+    except Exception:  # UnsupportedAlgorithm and friends: never echo the key
+        raise AgeKeyError(f"cannot load the SSH private key: {_ED25519_ONLY}") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise AgeKeyError(f"{type(key).__name__}: {_ED25519_ONLY}")
-    seed = key.private_bytes_raw()
-    public = key.public_key().public_bytes_raw()
-    return Ed25519Private(seed=seed, public=public, comment=_openssh_comment(stripped, passphrase))
+        raise AgeKeyError(f"{type(key).__name__.replace('PrivateKey', '')} private key: {_ED25519_ONLY}")
+    return key.private_bytes_raw(), key.public_key().public_bytes_raw()
 
 
 def _openssh_comment(pem: bytes, passphrase: bytes | None) -> str:
     """The comment stored inside an unencrypted OpenSSH key ('' when not readable)."""
-    if b"OPENSSH PRIVATE KEY" not in pem or passphrase:
+    if passphrase:
         return ""
     try:
-        body = b"".join(ln.strip() for ln in pem.splitlines() if ln and not ln.startswith(b"-----"))
-        blob = base64.b64decode(body)
-        off = len(b"openssh-key-v1\x00")
-        cipher, off = _read_string(blob, off)
-        if cipher != b"none":
-            return ""
-        _, off = _read_string(blob, off)  # kdfname
-        _, off = _read_string(blob, off)  # kdfoptions
-        off += 4  # number of keys
-        _, off = _read_string(blob, off)  # public key
-        priv, _ = _read_string(blob, off)
-        p = 8  # two check ints
-        _, p = _read_string(priv, p)  # key type
-        _, p = _read_string(priv, p)  # public
-        _, p = _read_string(priv, p)  # private
-        comment, _ = _read_string(priv, p)
-        return comment.decode("utf-8", "replace")
-    except (AgeKeyError, binascii.Error, ValueError):
+        return parse_private_key(pem).comment
+    except AgeKeyError:
         return ""
+
+
+def ssh_seed_recipient(seed: bytes) -> str:
+    """The ``age1…`` recipient of an ed25519 seed: X25519 of ssh-to-age's private conversion.
+
+    Pure Python (x25519.py), so the target-side verifier can use it too.
+    """
+    return recipient_from_public_bytes(_x25519_public_key(x25519_scalar_from_ed25519_seed(seed)))
 
 
 def x25519_scalar_from_ed25519_seed(seed: bytes) -> bytes:

@@ -25,4 +25,12 @@ class NixfleetError(Exception):
         super().__init__(f"{path}: {message}" if path else message)
 
 
-__all__ = ["NixfleetError"]
+class AgeKeyError(NixfleetError, ValueError):
+    """Bad key input (age or SSH). The message names the problem and where, never the key.
+
+    Defined here rather than in ``age.py`` because the standard-library OpenSSH
+    parser (``openssh.py``) raises it too, and ``age.py`` builds on that parser.
+    """
+
+
+__all__ = ["AgeKeyError", "NixfleetError"]

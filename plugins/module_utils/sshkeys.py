@@ -4,24 +4,19 @@
 
 The private key is written in the ``openssh-key-v1`` format with the comment
 inside it, exactly as ``ssh-keygen -t ed25519 -N ''`` writes it, so that
-``ssh-keygen -y -f key`` prints the same public line (comment included).
+``ssh-keygen -y -f key`` prints the same public line (comment included). The
+format itself (reading and writing) is openssh.py's; this module makes keys.
+``public_line`` and ``encode_private_key`` are openssh.py's, under the names
+callers know from here.
 """
 
 from __future__ import annotations
 
-import base64
-import os
-import struct
 from dataclasses import dataclass
 
 from .age import AgeKeyError, load_ssh_private_key, parse_ssh_public_key, ssh_public_key_to_recipient
-
-_MAGIC = b"openssh-key-v1\x00"
-_KEYTYPE = b"ssh-ed25519"
-
-
-def _string(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
+from .openssh import ed25519_public_line as public_line
+from .openssh import encode_ed25519_private_key as encode_private_key
 
 
 @dataclass(frozen=True)
@@ -38,38 +33,6 @@ class Ed25519Keypair:
 
     def __repr__(self) -> str:  # keep the private key out of tracebacks and logs
         return f"Ed25519Keypair(public_line={self.public_line!r})"
-
-
-def _validate_comment(comment: str) -> str:
-    if any(c in comment for c in "\r\n\x00"):
-        raise AgeKeyError("an SSH key comment must be a single line")
-    return comment
-
-
-def public_line(public: bytes, comment: str = "") -> str:
-    """The ``ssh-ed25519 AAAA… comment`` line of a raw 32-byte public key."""
-    blob = _string(_KEYTYPE) + _string(public)
-    line = "ssh-ed25519 " + base64.b64encode(blob).decode("ascii")
-    return f"{line} {comment}" if comment else line
-
-
-def encode_private_key(seed: bytes, public: bytes, comment: str = "") -> bytes:
-    """Serialise an unencrypted ed25519 key in OpenSSH's own format, comment inside."""
-    _validate_comment(comment)
-    pub_blob = _string(_KEYTYPE) + _string(public)
-    check = os.urandom(4)
-    private = check + check + _string(_KEYTYPE) + _string(public) + _string(seed + public)
-    private += _string(comment.encode("utf-8"))
-    pad = 1
-    while len(private) % 8:
-        private += bytes([pad])
-        pad += 1
-    body = _MAGIC + _string(b"none") + _string(b"none") + _string(b"") + struct.pack(">I", 1)
-    body += _string(pub_blob) + _string(private)
-    b64 = base64.b64encode(body).decode("ascii")
-    lines = [b64[i : i + 70] for i in range(0, len(b64), 70)]
-    armor = "-----BEGIN OPENSSH PRIVATE KEY-----\n" + "\n".join(lines) + "\n-----END OPENSSH PRIVATE KEY-----\n"
-    return armor.encode()
 
 
 def generate(comment: str = "") -> Ed25519Keypair:

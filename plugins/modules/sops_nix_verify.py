@@ -118,6 +118,11 @@ attributes:
     description: Never changes anything; always returns C(changed=false).
 notes:
   - Reads private keys to derive their recipients; no key material is returned or logged.
+  - The host's files are treated as hostile input - only regular files are read (a FIFO, socket or device in place
+    of a key, a manifest or a configuration file is a fault, never waited on), and at most what the kind of file can
+    hold (64 KiB for a key file, 8 MiB for a manifest, 4 MiB for other files).
+  - With O(secrets_repo), a C(sopsFile) that leads out of the repository (C(..), or a symlink inside it pointing
+    out) is a fault; no file outside the repository is read.
 seealso:
   - name: sops-nix
     description: The NixOS module whose activation this checks.

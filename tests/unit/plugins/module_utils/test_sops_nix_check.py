@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 
 import pytest
 from ansible_collections.nixfleet.sops.plugins.module_utils import age, sops_nix_check
@@ -20,7 +22,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix_check impor
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from tests.lib.runner import run_module
+from tests.lib.runner import REPO, run_module
 
 HASH = "a" * 32
 MANIFEST = f"/nix/store/{HASH}-manifest.json"
@@ -168,6 +170,27 @@ def test_parse_ssh_private_key_pkcs8_and_corrupt() -> None:
 def test_identity_recipient_pure_python() -> None:
     identity = age.generate_identity()
     assert sops_nix_check.identity_recipient(identity) == age.recipient_from_identity(identity)
+
+
+def test_target_side_needs_only_the_standard_library(tmp_path) -> None:
+    """NixOS hosts have no PyPI packages: the whole target-side verifier runs with them blocked."""
+    h = healthy(str(tmp_path))
+    code = f"""
+import json, sys
+sys.path.insert(0, {os.path.join(REPO, '.collections')!r})
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        top = name.split('.')[0]
+        if top not in sys.stdlib_module_names and top != 'ansible_collections':
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix_check import verify
+print(json.dumps(verify(**json.loads(sys.argv[1]))))
+"""
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(h["args"])], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["ok"] and result["recipients"] == [h["host_recipient"]], result["faults"]
 
 
 # --------------------------------------------------------------------------- manifest discovery
@@ -354,6 +377,73 @@ def test_parse_ssh_config_blocks() -> None:
                       {"patterns": ["c"], "identity_files": ["/root/.ssh/c key"]}]
 
 
+# --------------------------------------------------------------------------- hostile files on the host
+class Blocked(BaseException):
+    """Raised by the alarm: not an OSError, so no `except OSError` in the verifier can swallow it."""
+
+
+@pytest.fixture
+def deadline():
+    """Fail instead of hanging the suite when the verifier blocks: SIGALRM interrupts a blocking open()."""
+    def expired(signum, frame):
+        raise Blocked("the verifier blocked for 10 s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("where", [
+    MANIFEST, "/etc/ssh/ssh_host_ed25519_key.pub", "/etc/ssh/ssh_host_ed25519_key", "/var/lib/sops-nix/key.txt",
+    "/home/rain/.config/sops/age/keys.txt", "/root/.ssh/nix-secrets-deploy", "/root/.ssh/config",
+])
+def test_a_fifo_is_a_fault_and_never_blocks_the_verifier(tmp_path, deadline, where) -> None:
+    h = healthy(str(tmp_path))
+    real = h["tree"].p(where)
+    os.unlink(real)
+    os.mkfifo(real, 0o600)
+    result = verify(**h["args"])
+    [fault] = [f for f in result["faults"] if f["path"] == where]
+    assert fault["message"].startswith(f"testhost: {where}: ") and "not a regular file" in fault["message"]
+    assert fault["fix"]
+
+
+@pytest.mark.parametrize("where", ["/etc/passwd", "/run/current-system/activate"])
+def test_a_fifo_in_place_of_what_the_verifier_reads_first_never_blocks(tmp_path, deadline, where) -> None:
+    h = healthy(str(tmp_path))
+    real = h["tree"].p(where)
+    os.unlink(real)
+    os.mkfifo(real, 0o644)
+    result = verify(**h["args"])
+    assert not result["ok"]  # no user names (passwd) or no manifest (activate): reported, not hung
+
+
+def test_a_fifo_swapped_in_after_the_checks_looked_is_refused_when_opened(tmp_path, deadline) -> None:
+    """The check that the file is regular and the read are two steps; the read itself refuses a FIFO."""
+    from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix import rootfs
+
+    h = healthy(str(tmp_path))
+    os.unlink(h["tree"].p(MANIFEST))
+    os.mkfifo(h["tree"].p(MANIFEST))
+    with pytest.raises(rootfs.UnsafeFileError, match="FIFO"):
+        rootfs.RootedFS(str(tmp_path)).read_text(MANIFEST, rootfs.MANIFEST)
+
+
+@pytest.mark.parametrize(("where", "label"), [
+    ("/etc/ssh/ssh_host_ed25519_key", "key file"), ("/var/lib/sops-nix/key.txt", "key file"),
+    ("/home/rain/.config/sops/age/keys.txt", "key file"), (MANIFEST, "sops-nix manifest"),
+])
+def test_a_huge_sparse_file_is_refused_without_reading_it(tmp_path, where, label) -> None:
+    h = healthy(str(tmp_path))
+    os.truncate(h["tree"].p(where), 200 * 1024 * 1024)
+    result = verify(**h["args"])
+    [fault] = [f for f in result["faults"] if f["path"] == where]
+    assert fault["message"].startswith(f"testhost: {where}: ")
+    assert "209715200 bytes" in fault["message"] and f"more than a {label} can be" in fault["message"]
+
+
 # --------------------------------------------------------------------------- sops files
 @pytest.fixture(scope="module")
 def sops_repo(tmp_path_factory, sops_bin) -> dict:
@@ -412,6 +502,47 @@ def test_map_sops_file(tmp_path) -> None:
     assert map_sops_file("/anything.yaml", None) == "/anything.yaml"
     with pytest.raises(VerifyError, match="no file named"):
         map_sops_file(f"/nix/store/{HASH}-missing.yaml", repo)
+
+
+def _escape_tree(tmp_path) -> tuple[str, str]:
+    """A repo with ways out of it: a file beside it, a symlinked file and a symlinked directory pointing out."""
+    repo = tmp_path / "repo"
+    (repo / "sops").mkdir(parents=True)
+    (repo / "sops" / "shared.yaml").write_text("")
+    (tmp_path / "outside.yaml").write_text("")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x.yaml").write_text("")
+    (repo / "sops" / "link.yaml").symlink_to(tmp_path / "outside.yaml")
+    (repo / "sops" / "ext").symlink_to(tmp_path / "elsewhere")
+    return str(repo), str(tmp_path / "outside.yaml")
+
+
+@pytest.mark.parametrize("sops_file", [
+    "../outside.yaml", "sops/../../outside.yaml", f"{SOURCE}/../outside.yaml", f"{SOURCE}/sops/link.yaml",
+    f"{SOURCE}/sops/ext/x.yaml", "sops/ext/x.yaml", f"/nix/store/{HASH}-link.yaml", "/srv/link.yaml",
+    f"/nix/store/{HASH}-source/..",
+])
+def test_map_sops_file_never_leaves_the_repo(tmp_path, sops_file) -> None:
+    repo, _ = _escape_tree(tmp_path)
+    with pytest.raises(VerifyError, match="leads out of the secrets repo"):
+        map_sops_file(sops_file, repo)
+
+
+def test_controller_scope_reports_a_sops_file_that_leads_out_of_the_repo(tmp_path) -> None:
+    repo, outside = _escape_tree(tmp_path)
+    result = verify(host="h1", scope="controller", sops_files=["../outside.yaml", f"{SOURCE}/sops/link.yaml"],
+                    secrets_repo=repo, recipients=[age.recipient_from_identity(age.generate_identity())])
+    assert [f["path"] for f in result["faults"]] == ["../outside.yaml", f"{SOURCE}/sops/link.yaml"]
+    for fault in result["faults"]:
+        assert fault["message"].startswith(f"h1: {fault['path']}: ") and "leads out of the secrets repo" in \
+            fault["message"]
+
+
+def test_controller_refuses_a_fifo_as_a_sops_file(tmp_path, deadline) -> None:
+    fifo = tmp_path / "x.yaml"
+    os.mkfifo(fifo)
+    [fault] = verify(host="h1", scope="controller", sops_files=[str(fifo)], recipients=["age1x"])["faults"]
+    assert fault["path"] == str(fifo) and "not a regular file" in fault["message"]
 
 
 @pytest.mark.interop
