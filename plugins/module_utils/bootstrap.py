@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,10 @@ class HostSpec:
     user_group: str = "users"
     shared_rule: str | None = r"sops/shared\.yaml$"
     regenerate: list[str] = field(default_factory=list)  # host, user, deploy
+    adopt_stored_key: bool = False  # take a stored host key whose recipient differs from the registered one
+    # Anchors every rule the host gets also names when they exist (the break-glass key).
+    always_members: list[str] = field(default_factory=lambda: ["break_glass"])
+    extra_members: list[str] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         validate_host(self.host)
@@ -140,17 +145,49 @@ class BootstrapResult:
 
 def _read_existing(path: str, keypath: list[str], identities: Any) -> str | None:
     """The value at keypath, None when the file or key path is absent; an unopenable file is an error."""
-    if not os.path.exists(path):
+    sf = _open_existing(path, identities)
+    return None if sf is None else _value(sf, keypath)
+
+
+def _check_trusted(path: str, repo: str) -> None:
+    """A key file bootstrap would adopt must be one the repository's owner (or root) wrote.
+
+    Otherwise a local user who can write into the repository could plant a
+    host key encrypted to the admin's public recipient and have it adopted.
+    """
+    st = os.lstat(path)
+    trusted = {0, os.geteuid(), os.stat(repo).st_uid}
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode) or st.st_uid not in trusted or st.st_mode & 0o022:
+        raise BootstrapError(
+            f"{path} is not a regular file owned by you, root or the repository's owner and writable only by them "
+            f"(uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): refusing to trust the keys in it; check who "
+            "wrote it (git log, git status) and remove or fix it")
+
+
+def _open_existing(path: str, identities: Any, repo: str | None = None) -> engine.SopsFile | None:
+    """``path`` opened once and decrypted with the admin identities, or None when it does not exist."""
+    if not os.path.lexists(path):
         return None
+    if repo is not None:
+        _check_trusted(path, repo)
+    sf = engine.SopsFile.open(path).unlock(identities)
     try:
-        value = secrets.read_secret(path, keypath, identities)
-    except engine.SopsKeyPathError:
-        return None
+        sf.documents()
     except engine.SopsNoIdentityError as exc:
         raise BootstrapError(
             f"{path} exists but no admin identity opens it, so its keys cannot be reused and will not be "
             f"replaced: {exc}. Give the admin identity (SOPS_AGE_KEY_FILE or identity_files)."
         ) from None
+    return sf
+
+
+def _value(sf: engine.SopsFile | None, keypath: list[str]) -> str | None:
+    if sf is None:
+        return None
+    try:
+        value = sf.get(keypath)
+    except engine.SopsKeyPathError:
+        return None
     return value if isinstance(value, str) else None
 
 
@@ -175,120 +212,210 @@ def _check_rule_target(config: SopsConfig, repo: str, rel: str, wanted_regex: st
         )
 
 
+@dataclass
+class HostKeys:
+    """A host's keys, reused from the repository or new (private parts: never returned, never logged)."""
+
+    host: sshkeys.Ed25519Keypair
+    user: str = field(repr=False)
+    deploy: dict[str, sshkeys.Ed25519Keypair] = field(default_factory=dict)
+    generated: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+
+    @property
+    def host_recipient(self) -> str:
+        return self.host.age_recipient
+
+    @property
+    def user_recipient(self) -> str:
+        return age.recipient_from_identity(self.user)
+
+
+def _host_key(spec: HostSpec, key_sf: engine.SopsFile | None, config: SopsConfig, keys_out: list[list[str]]
+              ) -> sshkeys.Ed25519Keypair:
+    """The stored host key, or a new one; a stored key that is not the registered one is refused."""
+    pem = None if "host" in spec.regenerate else _value(key_sf, [HOST_KEY_NAME])
+    if not pem:
+        keys_out[0].append("host key")
+        return sshkeys.generate(f"root@{spec.host}")
+    kp = _parse_stored(lambda: sshkeys.from_private(pem), spec.host_key_file, HOST_KEY_NAME)
+    registered = config.anchors().get(spec.host)
+    if registered is not None and registered.recipient != kp.age_recipient and not spec.adopt_stored_key:
+        raise BootstrapError(
+            f"{spec.host}: {spec.host_key_file} holds a host key whose recipient ({kp.age_recipient}) is not the "
+            f"one .sops.yaml registers for &{spec.host} ({registered.recipient}); refusing to change the host's "
+            "recipient silently. If that stored key is the right one, set adopt_stored_key; to make a new key, "
+            "set regenerate: [host]")
+    keys_out[1].append("host key")
+    return kp
+
+
+def _host_keys(spec: HostSpec, key_sf: engine.SopsFile | None, host_sf: engine.SopsFile | None,
+               config: SopsConfig) -> HostKeys:
+    """Reuse what the repository holds for the host, generate the rest."""
+    generated: list[str] = []
+    reused: list[str] = []
+    host_kp = _host_key(spec, key_sf, config, [generated, reused])
+    user = None if "user" in spec.regenerate else _value(host_sf, ["keys", "age"])
+    if user:
+        user = _parse_stored(lambda: age.validate_identity(user), spec.host_file, "keys/age")
+        reused.append("user key")
+    else:
+        user = age.generate_identity()
+        generated.append("user key")
+    deploy: dict[str, sshkeys.Ed25519Keypair] = {}
+    for name in spec.deploy_repos:
+        pem = None if "deploy" in spec.regenerate else _value(host_sf, ["deploy-keys", name])
+        if pem:
+            deploy[name] = _parse_stored(lambda pem=pem: sshkeys.from_private(pem), spec.host_file,
+                                         f"deploy-keys/{name}")
+            reused.append(f"deploy key {name}")
+        else:
+            deploy[name] = sshkeys.generate(f"{spec.host}-{name}-deploy")
+            generated.append(f"deploy key {name}")
+    return HostKeys(host_kp, user, deploy, generated, reused)
+
+
+def _register(config: SopsConfig, repo: str, spec: HostSpec, keys: HostKeys) -> bool:
+    """The host's anchors and rules in .sops.yaml (in memory); True when the text changed."""
+    admins = list(spec.admins) + [a for a in spec.extra_members if a not in spec.admins]
+    before = config.text
+    config.ensure_recipient(spec.host, keys.host_recipient, group=spec.host_group)
+    config.ensure_recipient(spec.user_anchor, keys.user_recipient, group=spec.user_group)
+    config.ensure_rule(spec.host_key_rule, anchors=admins, exclusive=True)
+    config.ensure_rule(spec.host_rule, anchors=[*admins, spec.host, spec.user_anchor])
+    if spec.shared_rule and config.find_rule(spec.shared_rule) is not None:
+        config.ensure_rule_member(spec.shared_rule, spec.host)
+    _check_rule_target(config, repo, spec.host_key_file, spec.host_key_rule, spec.host)
+    _check_rule_target(config, repo, spec.host_file, spec.host_rule, spec.host)
+    host_key_rule = config.rule_for(os.path.join(repo, spec.host_key_file))
+    leaked = {spec.host, spec.user_anchor} & set(host_key_rule.anchors)
+    if leaked or keys.host_recipient in host_key_rule.recipients or keys.user_recipient in host_key_rule.recipients:
+        raise BootstrapError(f"{spec.host}: the rule for {spec.host_key_file} must name admins only")
+    return config.text != before
+
+
+def _fill(sf: engine.SopsFile | None, path: str, config: SopsConfig, values: dict[tuple[str, ...], str]
+          ) -> engine.SopsFile:
+    """The host's file with ``values``, at the recipients its rule names: created, or changed in place."""
+    if sf is None:
+        sf = secrets.new_file_for_rule(path, config, need_dir=False)
+    for keypath, value in values.items():
+        sf.set(list(keypath), value)
+    rule = config.rule_for(path)
+    sf.updatekeys(rule.key_groups, shamir_threshold=rule.shamir_threshold, foreign=rule.foreign)
+    return sf
+
+
 def ensure_host_keys(
     repo: str, spec: HostSpec, identities: list[str] | None = None, check_mode: bool = False
 ) -> BootstrapResult:
-    """Register a host's keys in the secrets repository (see the module docstring). Idempotent."""
+    """Register a host's keys in the secrets repository (see the module docstring). Idempotent.
+
+    One plan of the repository (one walk, one metadata read per file), one
+    parse of .sops.yaml edited in memory, each of the host's files opened and
+    written once, every write staged and renamed all or none after every file
+    that needs a change proved it can be opened. Check mode runs the same
+    decisions and reports, for keys it would generate, that they would be
+    generated (never a key that the real run would not make).
+    """
     repo = os.path.abspath(repo)
-    res = BootstrapResult()
-    cfg_path = fleet.config_path(repo)
-    config = SopsConfig.load(cfg_path)
-    res.config_before = config.text
+    config = SopsConfig.load(fleet.config_path(repo))
+    res = BootstrapResult(config_before=config.text)
     anchors = config.anchors()
     missing = [a for a in spec.admins if a not in anchors]
     if missing:
         raise BootstrapError(
-            f"{spec.host}: admin anchor(s) {', '.join('&' + a for a in missing)} not in {cfg_path}; "
-            f"known anchors: {', '.join(sorted(anchors)) or 'none'}"
-        )
+            f"{spec.host}: admin anchor(s) {', '.join('&' + a for a in missing)} not in {config.path}; "
+            f"known anchors: {', '.join(sorted(anchors)) or 'none'}")
+    spec.extra_members = [a for a in spec.always_members if a in anchors]
+    plan = fleet.Plan.scan(repo, config)
     kr = engine.keyring(identities)
-    host_key_path = os.path.join(repo, spec.host_key_file)
-    host_file_path = os.path.join(repo, spec.host_file)
-
-    # 1. keys: reuse what the repository holds, generate the rest
-    host_pem = None if "host" in spec.regenerate else _read_existing(host_key_path, [HOST_KEY_NAME], kr)
-    if host_pem:
-        host_kp = _parse_stored(lambda: sshkeys.from_private(host_pem), spec.host_key_file, HOST_KEY_NAME)
-        res.reused.append("host key")
-    else:
-        host_kp = sshkeys.generate(f"root@{spec.host}")
-        res.generated.append("host key")
-    user_identity = None if "user" in spec.regenerate else _read_existing(host_file_path, ["keys", "age"], kr)
-    if user_identity:
-        user_identity = _parse_stored(lambda: age.validate_identity(user_identity), spec.host_file, "keys/age")
-        res.reused.append("user key")
-    else:
-        user_identity = age.generate_identity()
-        res.generated.append("user key")
-    deploy: dict[str, sshkeys.Ed25519Keypair] = {}
-    for name in spec.deploy_repos:
-        pem = None if "deploy" in spec.regenerate else _read_existing(host_file_path, ["deploy-keys", name], kr)
-        if pem:
-            deploy[name] = _parse_stored(lambda pem=pem: sshkeys.from_private(pem), spec.host_file,
-                                         f"deploy-keys/{name}")
-            res.reused.append(f"deploy key {name}")
-        else:
-            deploy[name] = sshkeys.generate(f"{spec.host}-{name}-deploy")
-            res.generated.append(f"deploy key {name}")
-    host_recipient = host_kp.age_recipient
-    user_recipient = age.recipient_from_identity(user_identity)
-
-    # 2. .sops.yaml
-    edits = [
-        config.ensure_recipient(spec.host, host_recipient, group=spec.host_group),
-        config.ensure_recipient(spec.user_anchor, user_recipient, group=spec.user_group),
-        config.ensure_rule(spec.host_key_rule, anchors=list(spec.admins), exclusive=True),
-        config.ensure_rule(spec.host_rule, anchors=[*spec.admins, spec.host, spec.user_anchor]),
-    ]
-    if spec.shared_rule and config.find_rule(spec.shared_rule) is not None:
-        edits.append(config.ensure_rule_member(spec.shared_rule, spec.host))
-    _check_rule_target(config, repo, spec.host_key_file, spec.host_key_rule, spec.host)
-    _check_rule_target(config, repo, spec.host_file, spec.host_rule, spec.host)
-    host_key_rule = config.rule_for(host_key_path)
-    leaked = {spec.host, spec.user_anchor} & set(host_key_rule.anchors)
-    if leaked or host_recipient in host_key_rule.recipients or user_recipient in host_key_rule.recipients:
-        raise BootstrapError(f"{spec.host}: the rule for {spec.host_key_file} must name admins only")
+    key_path, host_path = os.path.join(repo, spec.host_key_file), os.path.join(repo, spec.host_file)
+    key_sf, host_sf = _open_existing(key_path, kr, repo), _open_existing(host_path, kr, repo)
+    keys = _host_keys(spec, key_sf, host_sf, config)
+    res.generated, res.reused = keys.generated, keys.reused
+    config_changed = _register(config, repo, spec, keys)
     res.config_after = config.text
-    # Before anything is written: every file the new rules change must open with the admin
-    # identities, else the rekey at the end would refuse and leave a half-registered host.
-    plan = fleet.rekey(repo, kr.identities if kr else None, check_mode=True, config=config)
-    if any(edits):
-        res.touch(".sops.yaml")
-        if not check_mode:
-            config.save()
-
-    # 3. secrets (a dry run still decides changed exactly as a real run); one write per file
-    def put(path: str, rel: str, values: dict[tuple[str, ...], str]) -> None:
-        changes = secrets.ensure_secrets(path, values, identities=kr, config=cfg_path, dry_run=check_mode)
-        if any(c.changed for c in changes):
-            res.touch(rel)
-
-    if check_mode and config.text != res.config_before:
-        # The new rules exist only in memory, so the files cannot be dry-run against them; a
-        # changed .sops.yaml means a new or re-keyed host, whose two files are then written.
-        res.touch(spec.host_key_file)
-        res.touch(spec.host_file)
-    else:
-        make_dirs(os.path.dirname(host_key_path), 0o755)
-        put(host_key_path, spec.host_key_file, {(HOST_KEY_NAME,): host_kp.private_pem.decode(),
-                                                 (HOST_KEY_NAME + ".pub",): host_kp.public_line})
-        put(host_file_path, spec.host_file, {("keys", "age"): user_identity, **{
-            ("deploy-keys", name): kp.private_pem.decode() for name, kp in deploy.items()}})
-
-    # 4. rekey what the new rules changed, record the keys
-    rk = plan if check_mode else fleet.rekey(repo, kr.identities if kr else None)
-    for rel in rk.changed_files:
-        res.rekeyed.append(rel)
-        res.touch(rel)
-    inv = [
-        keyinventory.record(repo, spec.host, "host", host_recipient, host=spec.host, check_mode=check_mode),
-        keyinventory.record(repo, spec.user_anchor, "user", user_recipient, host=spec.host, check_mode=check_mode),
-    ]
-    for name, kp in deploy.items():
-        inv.append(keyinventory.record(repo, f"{spec.host}-{name}", "deploy", kp.public_line, host=spec.host,
-                                       check_mode=check_mode))
-    if any(inv):
-        res.touch(keyinventory.INVENTORY_PATH)
-
-    res.public = {
-        "host": spec.host,
-        "host_public_key": host_kp.public_line,
-        "host_recipient": host_recipient,
-        "user_anchor": spec.user_anchor,
-        "user_recipient": user_recipient,
-        "deploy_public_keys": {name: kp.public_line for name, kp in deploy.items()},
+    plan = plan.with_config(config)
+    files = {
+        spec.host_key_file: _fill(key_sf, key_path, config, {(HOST_KEY_NAME,): keys.host.private_pem.decode(),
+                                                           (HOST_KEY_NAME + ".pub",): keys.host.public_line}),
+        spec.host_file: _fill(host_sf, host_path, config, {("keys", "age"): keys.user, **{
+            ("deploy-keys", name): kp.private_pem.decode() for name, kp in keys.deploy.items()}}),
     }
+    jobs = [j for j in fleet.rekey_jobs(plan) if j.rel not in files]
+    inventory = _record_keys(repo, spec, keys)
+    ids = tuple(kr.identities) if kr else None
+    staged = fleet.run_jobs(jobs, ids, check_mode)  # every other file must open before anything is written
+    fleet.refuse_failures("bootstrap", staged, False)
+    sink = engine.NullSink() if check_mode else engine.StagedSink()
+    try:
+        if not check_mode:
+            make_dirs(os.path.dirname(key_path), 0o755)
+            make_dirs(os.path.dirname(inventory.path), 0o755)
+        if config_changed:
+            sink.write(config.path, config.text.encode("utf-8"))
+            res.touch(".sops.yaml")
+        for rel, sf in files.items():
+            if sf.write(sink):
+                res.touch(rel)
+        if inventory.changed:
+            sink.write(inventory.path, inventory.text.encode("utf-8"))
+            res.touch(keyinventory.INVENTORY_PATH)
+    except BaseException:
+        _discard(sink, staged)
+        raise
+    res.rekeyed = staged.changed
+    for rel in staged.changed:
+        res.touch(rel)
+    if check_mode:
+        res.config_after = _mask_new(res.config_after, keys)
+    else:
+        fleet.publish(repo, "bootstrap", sink.staged + staged.pairs)
+    res.public = _public(spec, keys, check_mode)
     return res
+
+
+def _record_keys(repo: str, spec: HostSpec, keys: HostKeys) -> keyinventory.Inventory:
+    inv = keyinventory.Inventory.load(repo)
+    inv.record(spec.host, "host", keys.host_recipient, host=spec.host)
+    inv.record(spec.user_anchor, "user", keys.user_recipient, host=spec.host)
+    for name, kp in keys.deploy.items():
+        inv.record(f"{spec.host}-{name}", "deploy", kp.public_line, host=spec.host)
+    return inv
+
+
+def _discard(sink: Any, staged: fleet.Staged) -> None:
+    staged.discard()
+    if isinstance(sink, engine.StagedSink):
+        sink.discard()
+
+
+def _mask_new(text: str, keys: HostKeys) -> str:
+    """Check mode's .sops.yaml: a recipient the real run would generate is shown as such, never invented."""
+    if "host key" in keys.generated:
+        text = text.replace(keys.host_recipient, "<new host key, generated by the real run>")
+    if "user key" in keys.generated:
+        text = text.replace(keys.user_recipient, "<new user key, generated by the real run>")
+    return text
+
+
+def _public(spec: HostSpec, keys: HostKeys, check_mode: bool) -> dict[str, Any]:
+    """What the module returns: public keys only; in check mode, no key the real run would not make."""
+    new = set(keys.generated) if check_mode else set()
+
+    def shown(what: str, value: str) -> str:
+        return f"(a new {what} would be generated)" if what in new else value
+
+    return {
+        "host": spec.host,
+        "host_public_key": shown("host key", keys.host.public_line),
+        "host_recipient": shown("host key", keys.host_recipient),
+        "user_anchor": spec.user_anchor,
+        "user_recipient": shown("user key", keys.user_recipient),
+        "deploy_public_keys": {name: shown(f"deploy key {name}", kp.public_line) for name, kp in keys.deploy.items()},
+    }
 
 
 # --------------------------------------------------------------------------- extra files

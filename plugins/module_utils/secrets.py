@@ -219,15 +219,17 @@ def _diff_or_key(before: Any, after: Any, keypath: KeyPath, fallback: str) -> li
     return changed_key_paths(before, after) or [(list(keypath), fallback)]
 
 
-def _new_for_rule(path: str, config: str | None) -> engine.SopsFile:
-    """An empty sops file for the creation rule of ``path`` in ``config`` (or the nearest .sops.yaml)."""
+def new_file_for_rule(path: str, config: str | SopsConfig | None, need_dir: bool = True) -> engine.SopsFile:
+    """An empty sops file for the creation rule of ``path`` in ``config`` (a path, an already loaded
+    and maybe edited SopsConfig, or None: the nearest .sops.yaml). Nothing is written yet; with
+    ``need_dir=False`` the caller creates the directory before writing."""
     fmt = engine.format_for_path(path)
     if fmt == "binary":
         raise engine.SopsError(
             "does not exist and its name has no extension sops reads as a structured file "
             "(.yaml, .yml, .json, .env, .ini), so it cannot hold key paths", path)
     directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
+    if need_dir and not os.path.isdir(directory):
         raise engine.SopsError(f"cannot create it: directory {directory} does not exist", path)
     if config is None:
         config = find_config(directory)
@@ -236,7 +238,9 @@ def _new_for_rule(path: str, config: str | None) -> engine.SopsFile:
                 f"{path}: does not exist, and no {CONFIG_NAME} was found in {directory} or its parents to "
                 "create it from; pass config or create the file first")
     try:
-        rule = SopsConfig.load(config).rule_for(os.path.abspath(path))
+        loaded = config if isinstance(config, SopsConfig) else SopsConfig.load(config)
+        rule = loaded.rule_for(os.path.abspath(path))
+        config = loaded.path
     except SopsConfigError as exc:
         raise SopsConfigError(f"{path}: cannot create it: {exc}") from None
     if rule.other_keys:
@@ -291,7 +295,7 @@ def ensure_secrets(
             return [SecretChange(path=path, key=kp, state=state) for kp, _ in items]
         if not create:
             raise engine.SopsError("file not found (set create=true to create it for its .sops.yaml rule)", path)
-        sf = _new_for_rule(path, config)
+        sf = new_file_for_rule(path, config)
     else:
         sf = engine.SopsFile.open(path)
         if not sf.store.structured:

@@ -59,6 +59,24 @@ options:
     type: list
     elements: str
     default: []
+  adopt_stored_key:
+    description:
+      - Use the host key stored in C(sops/host-keys/<host>.yaml) even when its recipient is not the one
+        C(.sops.yaml) registers for C(&<host>). Without it such a key is refused (someone may have planted it,
+        or the registration is stale), with a message naming both recipients.
+    type: bool
+    default: false
+  always_members:
+    description:
+      - Anchors that every rule created for the host names too, when they exist in C(.sops.yaml)
+        (the break-glass key registered by C(playbooks/break_glass.yml)).
+    type: list
+    elements: str
+    default: [break_glass]
+  lock_timeout:
+    description: Seconds to wait for the repository lock while another run (another host) holds it.
+    type: int
+    default: 600
   commit:
     description:
       - Commit the touched paths (git, or jj when the repository has C(.jj)) while still holding the
@@ -163,6 +181,9 @@ def main() -> None:
             host_group=dict(type="str", default="hosts"),
             user_group=dict(type="str", default="users"),
             regenerate=dict(type="list", elements="str", default=[]),
+            adopt_stored_key=dict(type="bool", default=False),
+            always_members=dict(type="list", elements="str", default=["break_glass"]),
+            lock_timeout=dict(type="int", default=600),
             **IDENTITY_ARGS,
             commit=dict(type="bool", default=False),
             vcs_bookmark=dict(type="str"),
@@ -175,10 +196,12 @@ def main() -> None:
         spec = bootstrap.HostSpec(
             host=p["host"], user=p["user"], admins=p["admins"], deploy_repos=p["deploy_repos"],
             host_group=p["host_group"], user_group=p["user_group"], shared_rule=p["shared_rule"] or None,
-            regenerate=p["regenerate"],
+            regenerate=p["regenerate"], adopt_stored_key=p["adopt_stored_key"], always_members=p["always_members"],
         )
         ids = fleet.collect_identities(**identity_options(p, module.warn))
-        with repo_lock(p["repo"], purpose=f"sops_host_keys {spec.host}") if not module.check_mode else nullcontext():
+        lock = repo_lock(p["repo"], purpose=f"sops_host_keys {spec.host}", require=".sops.yaml",
+                         wait=p["lock_timeout"])
+        with lock if not module.check_mode else nullcontext():
             res = bootstrap.ensure_host_keys(p["repo"], spec, ids, module.check_mode)
             done = None
             if p["commit"] and res.touched:
