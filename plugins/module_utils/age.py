@@ -58,13 +58,24 @@ def redact(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- bech32
+def _generator_table() -> list[int]:
+    table = []
+    for top in range(32):
+        g = 0
+        for i in range(5):
+            g ^= _GENERATOR[i] if (top >> i) & 1 else 0
+        table.append(g)
+    return table
+
+
+# BIP-173's generator folded per 5-bit value: one lookup per character instead of five tests.
+_GEN_TABLE = _generator_table()
+
+
 def _polymod(values: list[int]) -> int:
     chk = 1
     for v in values:
-        top = chk >> 25
-        chk = (chk & 0x1FFFFFF) << 5 ^ v
-        for i in range(5):
-            chk ^= _GENERATOR[i] if ((top >> i) & 1) else 0
+        chk = ((chk & 0x1FFFFFF) << 5) ^ v ^ _GEN_TABLE[chk >> 25]
     return chk
 
 
@@ -198,9 +209,23 @@ def validate_recipient(recipient: str) -> str:
     return _recipient(recipient)[0]
 
 
+# Recipients already found valid, with their kind: a fleet of 2,000 hosts names each of them several times.
+_VALID_RECIPIENTS: dict[str, tuple[str, str]] = {}
+
+
 def _recipient(recipient: str) -> tuple[str, str]:
     if not isinstance(recipient, str):
         raise AgeKeyError(f"an age recipient must be a string, got {type(recipient).__name__}")
+    known = _VALID_RECIPIENTS.get(recipient)
+    if known is not None:
+        return known
+    found = _check_recipient(recipient)
+    if len(_VALID_RECIPIENTS) < 100_000:
+        _VALID_RECIPIENTS[recipient] = found
+    return found
+
+
+def _check_recipient(recipient: str) -> tuple[str, str]:
     r = recipient.strip()
     if r.startswith(("ssh-", "ecdsa-", "sk-")):
         return _ssh_recipient(r)

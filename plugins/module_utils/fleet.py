@@ -182,7 +182,9 @@ class Plan:
         if strict:
             check_rules(config)
         rels = iter_candidate_files(repo, include)
-        return cls(repo, config, _map(_read_state, [(repo, r) for r in rels], workers), strict)
+        # Reading metadata costs ~0.2 ms a file: processes only pay off for very large repositories.
+        many = workers if workers is not None else (None if len(rels) > 8 * _PARALLEL_THRESHOLD * 10 else 1)
+        return cls(repo, config, _map(_read_state, [(repo, r) for r in rels], many), strict)
 
     def with_config(self, config: SopsConfig) -> Plan:
         """The same files matched against another ``.sops.yaml`` text (pending edits): no file is read."""

@@ -434,7 +434,8 @@ class ConfigModel:
     @property
     def rules(self) -> list[CreationRule]:
         """The creation rules, in order (an alias to an undefined anchor is an error naming its line)."""
-        return [r for r, _s in self._once("rules", lambda: self._build(False))]
+        # Built once per text version; rule_for asks for it once per file of a fleet.
+        return self._once("rule_list", lambda: [r for r, _s in self._once("rules", lambda: self._build(False))])
 
     def rules_lenient(self) -> list[CreationRule]:
         """The rules read past aliases to undefined anchors (for ``validate``, which reports them)."""
