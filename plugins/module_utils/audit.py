@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import fleet, keyinventory
-from .age import redact
+from .age import AgeKeyError, key_type, recipient_kind, redact
 from .sops_config import RepoFile
 
 SSH_PREFIXES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-", "ssh-dss")
@@ -33,6 +33,9 @@ FIXES = {
     "host_without_key": "bootstrap the host: ansible-playbook playbooks/bootstrap.yml -l HOST",
     "key_too_old": "rotate the key (playbooks/rotate.yml for data keys; regenerate and rekey for host/user keys)",
     "break_glass_missing": "add the break-glass anchor to every rule and rekey (playbooks/break_glass.yml)",
+    "broken_stanza": "run playbooks/rekey.yml: it wraps the data key again for every recipient (as sops updatekeys)",
+    "host_recipient_unusable": "give the host its SSH host key's age1… recipient (nixfleet.sops.ssh_to_age) or an "
+    "X25519/post-quantum key sops-nix has in its key file, then rekey",
 }
 
 
@@ -44,6 +47,7 @@ class Audit:
     files: list[str] = field(default_factory=list)
     anchors: list[str] = field(default_factory=list)
     kinds: dict[str, str] = field(default_factory=dict)  # anchor -> host/user/…
+    types: dict[str, str] = field(default_factory=dict)  # anchor -> key type (x25519, pq, ssh-ed25519, plugin:…)
     access: dict[str, list[str]] = field(default_factory=dict)  # file -> anchors that can decrypt it
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -55,7 +59,7 @@ class Audit:
     def as_dict(self) -> dict[str, Any]:
         return {
             "findings": self.findings,
-            "matrix": {"files": self.files, "anchors": self.anchors, "access": self.access},
+            "matrix": {"files": self.files, "anchors": self.anchors, "access": self.access, "types": self.types},
             "counts": self.counts,
         }
 
@@ -71,6 +75,24 @@ def _anchor_kind(name: str, group: str | None, inventory: dict[str, str]) -> str
     if g.startswith("user") or g.startswith("admin"):
         return "user"
     return g or "key"
+
+
+def _recipient_types(out: Audit, config_path: str, anchors: dict[str, Any]) -> None:
+    """Each anchor's key type; a host key sops-nix cannot use is a finding (raw SSH, plugins)."""
+    for name, a in anchors.items():
+        try:
+            kind = recipient_kind(a.recipient)
+        except AgeKeyError:
+            continue  # reported by the config lint as an invalid recipient
+        out.types[name] = kind
+        if out.kinds.get(name) != "host" or key_type(kind).host_usable:
+            continue
+        if kind.startswith("ssh-"):
+            out.add("ssh_recipient", f"{config_path}: anchor &{name} is a raw SSH key, not an age1… recipient; "
+                    "sops-nix decrypts with the converted age key", anchor=name, line=a.line)
+        else:
+            out.add("host_recipient_unusable", f"{config_path}: host anchor &{name} is a {key_type(kind).description} "
+                    "recipient, which sops-nix on the host cannot use", anchor=name, line=a.line)
 
 
 def run(
@@ -107,15 +129,8 @@ def run(
     used: set[str] = set()
     for rule in cfg.rules:
         used.update(rule.anchors)
-        for group in rule.key_groups:
-            for r in group:
-                if r.startswith(SSH_PREFIXES):
-                    out.add("ssh_recipient", f"{cfg.path}: {rule.describe()} lists a raw SSH recipient",
-                            line=rule.line)
+    _recipient_types(out, cfg.path, anchors)
     for name, a in anchors.items():
-        if a.recipient.startswith(SSH_PREFIXES):
-            out.add("ssh_recipient", f"{cfg.path}: anchor &{name} is a raw SSH key, not an age1… recipient",
-                    anchor=name, line=a.line)
         if name not in used:
             out.add("unused_anchor", f"{cfg.path}: anchor &{name} is in no creation rule", WARNING, anchor=name,
                     line=a.line)
@@ -124,8 +139,11 @@ def run(
         out.files.append(fp.rel)
         have = [r for g in fp.current for r in g]
         out.access[fp.rel] = sorted(names[r] for r in have if r in names)
+        for g, r in fp.broken_stanzas:
+            out.add("broken_stanza", f"{fp.rel}: the data key wrapped for {names.get(r, r)} (key group {g + 1}) is "
+                    "structurally broken, so that key cannot open the file", path=fp.rel, recipient=r)
         for r in have:
-            if r.startswith(SSH_PREFIXES):
+            if r.startswith(SSH_PREFIXES) and (r not in names or out.kinds.get(names[r]) == "host"):
                 out.add("ssh_recipient", f"{fp.rel} is encrypted to a raw SSH recipient", path=fp.rel)
             elif r not in names and not any(r in g for g in (fp.wanted or [])):
                 out.add("unknown_recipient", f"{fp.rel} is encrypted to {r}, which no anchor in .sops.yaml names",

@@ -34,10 +34,10 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import age, fleet, keyinventory, secrets, sshkeys
+from . import age, failpoints, fleet, keyinventory, secrets, sshkeys
 from . import sops as engine
 from .errors import NixfleetError
-from .fsutil import atomic_write, ensure_private_dir, make_dirs
+from .fsutil import atomic_write, ensure_private_dir, make_dirs, remove_made_dirs
 from .sops_config import SopsConfig, check_anchor_name
 
 HOST_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -347,13 +347,13 @@ def ensure_host_keys(
     jobs = [j for j in fleet.rekey_jobs(plan) if j.rel not in files]
     inventory = _record_keys(repo, spec, keys)
     ids = tuple(kr.identities) if kr else None
-    staged = fleet.run_jobs(jobs, ids, check_mode)  # every other file must open before anything is written
+    staged = fleet.run_jobs(jobs, ids, check_mode, root=repo)  # every file must open before anything is written
     fleet.refuse_failures("bootstrap", staged, False)
-    sink = engine.NullSink() if check_mode else engine.StagedSink()
+    sink = engine.NullSink() if check_mode else engine.StagedSink(root=repo)
+    made: list[str] = []
     try:
         if not check_mode:
-            make_dirs(os.path.dirname(key_path), 0o755)
-            make_dirs(os.path.dirname(inventory.path), 0o755)
+            made = make_dirs(os.path.dirname(key_path), 0o755) + make_dirs(os.path.dirname(inventory.path), 0o755)
         if config_changed:
             sink.write(config.path, config.text.encode("utf-8"))
             res.touch(".sops.yaml")
@@ -365,6 +365,7 @@ def ensure_host_keys(
             res.touch(keyinventory.INVENTORY_PATH)
     except BaseException:
         _discard(sink, staged)
+        remove_made_dirs(made)
         raise
     res.rekeyed = staged.changed
     for rel in staged.changed:
@@ -507,6 +508,7 @@ def stage_extra_files(
         put(f"root/.ssh/{name}-deploy", pem, 0o600)
     owner = {d: user if d == user_base or d.startswith(user_base + "/") else "root" for d in dir_modes}
     dirs = [StagedFile(d, f"{m:04o}", owner[d]) for d, m in sorted(dir_modes.items())]
+    failpoints.hit("extra_files.staged", dest)
     return files, dirs
 
 

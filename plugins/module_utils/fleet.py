@@ -301,10 +301,10 @@ class Job:
     rotate: bool = False
 
 
-def _work_one(args: tuple[Job, tuple[str, ...] | None, bool]) -> dict[str, Any]:
+def _work_one(args: tuple[Job, tuple[str, ...] | None, bool, str | None]) -> dict[str, Any]:
     """Open one file, change it, stage its new version unless checking (runs in workers)."""
-    job, identities, check_mode = args
-    sink = engine.NullSink() if check_mode else engine.StagedSink()
+    job, identities, check_mode, root = args
+    sink = engine.NullSink() if check_mode else engine.StagedSink(root=root)
     try:
         sf = engine.SopsFile.open(job.path).unlock(_keyring(identities))
         changed, added, removed = False, set(), set()
@@ -379,11 +379,14 @@ class Staged:
 
 
 def run_jobs(jobs: list[Job], identities: tuple[str, ...] | None, check_mode: bool,
-             workers: int | None = None) -> Staged:
-    """Run every job (in workers when there are many), staging each new file; nothing is visible yet."""
+             workers: int | None = None, root: str | None = None) -> Staged:
+    """Run every job (in workers when there are many), staging each new file; nothing is visible yet.
+
+    ``root`` (the repository) is where every file must land: a symlink leading out of it fails the job.
+    """
     if jobs and not check_mode:
         _prefetch(_keyring(identities), jobs)
-    results = _map(_work_one, [(j, identities, check_mode) for j in jobs], workers)
+    results = _map(_work_one, [(j, identities, check_mode, root) for j in jobs], workers)
     failpoints.hit("fleet.staged")
     return Staged(dict(zip([j.rel for j in jobs], results, strict=True)))
 
@@ -407,6 +410,12 @@ def publish(repo: str, what: str, pairs: list[tuple[str, str]], record: bool = T
     """Make staged files visible, all or none; record them as not yet committed first."""
     if not pairs:
         return
+    root = os.path.realpath(repo) + os.sep
+    outside = [target for _, target in pairs if not os.path.realpath(target).startswith(root)]
+    if outside:
+        discard_staged([tmp for tmp, _ in pairs])
+        raise FleetError(f"{what} refused: {outside[0]} is outside the repository {repo} (a symlink in the "
+                         "repository leads there); nothing was written. Replace the link with the file itself.")
     if record:
         vcs.record_pending(repo, [target for _, target in pairs])
     try:
@@ -524,7 +533,7 @@ def rekey(
     _refuse_unreadable("rekey", plan, None, continue_on_error)
     if not check_mode:
         remove_stale_temps(repo)
-    staged = run_jobs(jobs, ids, check_mode, workers)
+    staged = run_jobs(jobs, ids, check_mode, workers, root=repo)
     refuse_failures("rekey", staged, continue_on_error)
     if not check_mode:
         publish(repo, "rekey", staged.pairs)
@@ -582,7 +591,8 @@ def rotate(
     ids = tuple(identities) if identities is not None else None
     if not check_mode:
         remove_stale_temps(plan.repo)
-    staged = run_jobs([Job(fp.path, fp.rel, rotate=True) for fp in todo], ids, check_mode, workers)
+    staged = run_jobs([Job(fp.path, fp.rel, rotate=True) for fp in todo], ids, check_mode, workers,
+                      root=plan.repo)
     refuse_failures("rotate", staged, continue_on_error)
     if not check_mode:
         publish(plan.repo, "rotate", staged.pairs)

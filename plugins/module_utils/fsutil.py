@@ -253,18 +253,20 @@ class PartialCommitError(NixfleetError, OSError):
         self.done, self.left = done, left
 
 
-def commit_all(pairs: list[tuple[str, str]]) -> None:
+def commit_all(pairs: list[tuple[str, str]], sync: bool = True) -> None:
     """Rename every staged ``(temp, target)`` into place: all of them, or (on failure) none.
 
     Each existing target is first hard-linked to a backup beside it; when a
     rename fails, the targets already replaced get their backups back, so the
     tree is as it was. Only when that undo fails too (the filesystem went away)
     is the result mixed: PartialCommitError lists what is new and what is not
-    (each file is whole, old or new).
+    (each file is whole, old or new). ``sync=False``: the caller made the temps
+    durable already (sync_staged).
     """
     if not pairs:
         return
-    sync_staged([tmp for tmp, _ in pairs])
+    if sync:
+        sync_staged([tmp for tmp, _ in pairs])
     backups: list[tuple[str, str | None]] = []
     done = 0
     try:
@@ -331,8 +333,8 @@ def atomic_write(
         raise
 
 
-def make_dirs(path: str, mode: int = 0o755) -> bool:
-    """Create ``path`` and its missing parents, each with exactly ``mode``; True when one was made.
+def make_dirs(path: str, mode: int = 0o755) -> list[str]:
+    """Create ``path`` and its missing parents, each with exactly ``mode``; return those made, parents first.
 
     Existing directories are left as they are (they may be the user's); an
     existing component that is a symlink someone else owns is refused.
@@ -355,17 +357,26 @@ def make_dirs(path: str, mode: int = 0o755) -> bool:
         if not os.path.isdir(current):
             raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", current)
         break
+    made = []
     for d in reversed(missing):
         try:
             os.mkdir(d, mode)
         except FileExistsError:
             continue
+        made.append(d)
         fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             os.fchmod(fd, mode)  # the umask may have masked bits
         finally:
             os.close(fd)
-    return bool(missing)
+    return made
+
+
+def remove_made_dirs(made: list[str]) -> None:
+    """Undo make_dirs after a failure: remove the directories it made, deepest first, when still empty."""
+    for d in reversed(made):
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
 
 
 def ensure_private_dir(path: str, mode: int = 0o700) -> bool:
@@ -378,7 +389,7 @@ def ensure_private_dir(path: str, mode: int = 0o700) -> bool:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return make_dirs(path, mode)
+        return bool(make_dirs(path, mode))
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise UnsafePathError(f"{path} is not a plain directory (a symlink or a file); refusing to use it")
     if not _trusted_uid(st.st_uid):

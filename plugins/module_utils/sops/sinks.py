@@ -16,10 +16,10 @@ from typing import Protocol
 
 from ..errors import NixfleetError
 from ..fsutil import (
+    PartialCommitError,
     atomic_write,
-    commit_staged,
+    commit_all,
     discard_staged,
-    fsync_dir,
     resolve_write_target,
     stage_write,
     sync_staged,
@@ -83,23 +83,29 @@ class StagedSink:
     stage and return it, and the parent builds ``StagedSink(staged)`` to commit.
     """
 
-    def __init__(self, staged: list[tuple[str, str]] | None = None) -> None:
+    def __init__(self, staged: list[tuple[str, str]] | None = None, root: str | None = None) -> None:
         self.staged: list[tuple[str, str]] = list(staged or [])
+        # A repository's files are written inside it: a link that leads out of it is refused.
+        self.root = os.path.realpath(root) + os.sep if root else None
 
     def write(self, path: str, data: bytes) -> None:
         """Stage ``data`` in a temp beside ``path``; nothing is visible until commit()."""
         try:
             target = resolve_write_target(path)
+            if self.root is not None and not target.startswith(self.root):
+                raise SopsError(f"a symlink leads to {target}, outside the repository {self.root.rstrip(os.sep)}; "
+                                "refusing to write there (replace the link with the file itself)", path)
             tmp = stage_write(path, data, sync=False)
         except OSError as exc:
             raise write_error(exc, path) from None
         self.staged.append((tmp, target))
 
     def commit(self) -> list[str]:
-        """One sync of every temp, then one rename each; returns the files replaced.
+        """One sync of every temp, then every file renamed into place, all or none; returns the files replaced.
 
-        Nothing is visible before all temps are durable. If a rename fails,
-        StagedCommitError says which files are new and which are unchanged.
+        Nothing is visible before all temps are durable. If a rename fails, the
+        ones done are undone (fsutil.commit_all); only if that fails too does
+        StagedCommitError say which files are new and which are unchanged.
         """
         pending, self.staged = self.staged, []
         try:
@@ -112,20 +118,18 @@ class StagedSink:
                 f"cannot make the new files durable ({exc.strerror or exc}); nothing was written, every file is "
                 f"as it was ({listing}); fix the cause (free space?) and run again", exc.filename, [], targets,
             ) from None
-        done: list[str] = []
-        for tmp, target in pending:
-            try:
-                commit_staged(tmp, target, sync_dir=False)
-            except OSError as exc:
-                discard_staged([t for t, _ in pending[len(done):]])
-                left = [t for _, t in pending[len(done):]]
-                raise StagedCommitError(
-                    f"stopped renaming new files into place ({exc.strerror}): {len(done)} are new, "
-                    f"{len(left)} unchanged; every file is whole", target, done, left) from None
-            done.append(target)
-        for directory in sorted({os.path.dirname(t) for t in done}):
-            fsync_dir(directory)
-        return done
+        try:
+            commit_all(pending, sync=False)
+        except PartialCommitError as exc:
+            raise StagedCommitError(
+                f"stopped renaming new files into place ({exc}): {len(exc.done)} are new, {len(exc.left)} unchanged; "
+                "every file is whole", (exc.left or exc.done or [None])[0], exc.done, exc.left) from None
+        except OSError as exc:
+            targets = [t for _, t in pending]
+            raise StagedCommitError(
+                f"renaming new files into place failed ({exc.strerror or exc}); it was undone: nothing was "
+                "written, every file is as it was", exc.filename, [], targets) from None
+        return [t for _, t in pending]
 
     def discard(self) -> None:
         """Remove every staged temp; the files stay as they were."""

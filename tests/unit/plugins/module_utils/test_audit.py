@@ -154,3 +154,36 @@ def test_audit_playbook_prints_the_matrix(repo, tmp_path):
     assert "sops/shared.yaml" in run.stdout and (tmp_path / "a.html").exists()
     assert subprocess.run(["grep", "-c", "AGE-SECRET-KEY", str(tmp_path / "a.html")],
                           capture_output=True, text=True).stdout.strip() == "0"
+
+
+def test_structurally_broken_stanza_is_reported(repo):
+    path = repo.file("sops/alpha.yaml")
+    sf = engine.load(path)
+    enc = next(s.enc for g in sf.metadata.key_groups for s in g if s.recipient == repo.recipient("alpha"))
+    body = enc.splitlines()[1]
+    with open(path) as fh:
+        text = fh.read()
+    with open(path, "w") as fh:
+        fh.write(text.replace(body, body[:10] + "!!!!" + body[14:], 1))
+    res = audit.run(repo.path)
+    broken = [f for f in res.findings if f["kind"] == "broken_stanza"]
+    assert [(f["path"], f["recipient"]) for f in broken] == [("sops/alpha.yaml", repo.recipient("alpha"))]
+    assert "alpha" in broken[0]["message"] and "rekey" in broken[0]["fix"]
+
+
+def test_recipient_types_and_host_keys_sops_nix_cannot_use(repo):
+    cfg = SopsConfig.load(repo.file(".sops.yaml"))
+    plugin = age.encode_plugin_recipient("yubikey", os.urandom(33))
+    admin_ssh = sshkeys.generate("admin@laptop").public_line.rsplit(" ", 1)[0]
+    cfg.ensure_recipient("alpha", plugin, group="hosts")
+    cfg.ensure_recipient("laptop", admin_ssh, group="users")
+    cfg.ensure_rule_member(r"sops/shared\.yaml$", "laptop")
+    cfg.save()
+    res = audit.run(repo.path)
+    assert res.types["admin"] == "x25519" and res.types["alpha"] == "plugin:yubikey"
+    assert res.types["laptop"] == "ssh-ed25519"
+    unusable = [f for f in res.findings if f["kind"] == "host_recipient_unusable"]
+    assert [f["anchor"] for f in unusable] == ["alpha"] and "plugin" in unusable[0]["message"]
+    # An admin's SSH key is a fine sops recipient: only hosts must be what sops-nix can use.
+    assert not [f for f in res.findings if f["kind"] == "ssh_recipient"]
+    assert res.as_dict()["matrix"]["types"]["alpha"] == "plugin:yubikey"
