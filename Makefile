@@ -12,7 +12,9 @@ COLL_ROOT := $(CURDIR)/.collections
 COLL_LINK := $(COLL_ROOT)/ansible_collections/nixfleet/sops
 # What the demo needs, and what the tests need on top (oracles, ssh, podman for molecule).
 APT_DEMO := git python3-venv
-APT_TEST := $(APT_DEMO) age gnupg openssh-client podman runc debootstrap uidmap
+# gnupg: a throwaway PGP key beside age in interop tests; chromium and zbar-tools: the break-glass paper
+# page rendered headless and its QR code read back.
+APT_TEST := $(APT_DEMO) age gnupg openssh-client podman runc debootstrap uidmap chromium zbar-tools
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(COLL_ROOT)
 export SOPS_DISABLE_VERSION_CHECK := 1
