@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import fleet, keyinventory
+from . import breakglass, fleet, keyinventory
 from .age import AgeKeyError, key_type, recipient_kind, redact
 from .sops_config import RepoFile
 
@@ -21,6 +21,7 @@ SSH_PREFIXES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-", "ssh-dss")
 ERROR, WARNING = "error", "warning"
 
 FIXES = {
+    **breakglass.FIXES,
     "drift": "run playbooks/rekey.yml",
     "no_rule": "add a creation rule for it to .sops.yaml (nixfleet.sops.sops_creation_rule), then rekey",
     "unreadable": "restore the file from version control; its sops metadata does not parse",
@@ -95,12 +96,35 @@ def _recipient_types(out: Audit, config_path: str, anchors: dict[str, Any]) -> N
                     "recipient, which sops-nix on the host cannot use", anchor=name, line=a.line)
 
 
+def _break_glass(out: Audit, sc: fleet.Plan, inventory: list[keyinventory.KeyEntry], anchor: str | None,
+                 drill_max_age_days: int) -> None:
+    """Break-glass coverage (every key group of every rule, every file) and drill age."""
+    cfg = sc.config
+    anchors = cfg.anchors()
+    glass = anchor or next((n for n in anchors if out.kinds[n] == "break-glass"), None)
+    if glass and glass not in anchors:
+        out.add("break_glass_missing", f"{cfg.path}: no anchor &{glass}", anchor=glass)
+    elif glass:
+        for index, gi in breakglass.uncovered(cfg, glass):
+            rule = cfg.rules[index]
+            where = f"key group {gi + 1} of " if len(rule.key_groups) > 1 else ""
+            out.add("break_glass_missing", f"{cfg.path}: {where}{rule.describe()} does not include &{glass}",
+                    WARNING, anchor=glass, line=rule.line)
+        for fp in sc.files:
+            if glass not in out.access[fp.rel]:
+                out.add("break_glass_missing", f"{fp.rel} cannot be opened with the break-glass key &{glass}",
+                        path=fp.rel)
+    for f in breakglass.drill_findings(inventory, drill_max_age_days):
+        out.add(f["kind"], f["message"], f["severity"], anchor=f["anchor"])
+
+
 def run(
     repo: str,
     hosts: list[str] | None = None,
     max_age_days: dict[str, int] | None = None,
     secrets_dirs: tuple[str, ...] = ("sops",),
     break_glass_anchor: str | None = None,
+    drill_max_age_days: int = breakglass.DRILL_MAX_AGE_DAYS,
     workers: int | None = None,
 ) -> Audit:
     """Audit ``repo``. ``hosts`` (inventory hostnames) enables the host-without-key check;
@@ -172,19 +196,7 @@ def run(
         out.add("key_too_old", f"{item['kind']} key &{item['anchor']} is {item['age_days']} days old "
                 f"(policy: {item['max_age_days']})", WARNING, anchor=item["anchor"])
 
-    glass = break_glass_anchor or next((n for n in anchors if out.kinds[n] == "break-glass"), None)
-    if glass:
-        if glass not in anchors:
-            out.add("break_glass_missing", f"{cfg.path}: no anchor &{glass}", anchor=glass)
-        else:
-            for rule in cfg.rules:
-                if glass not in rule.anchors:
-                    out.add("break_glass_missing", f"{cfg.path}: {rule.describe()} does not include &{glass}",
-                            WARNING, anchor=glass, line=rule.line)
-            for fp in sc.files:
-                if glass not in out.access[fp.rel]:
-                    out.add("break_glass_missing", f"{fp.rel} cannot be opened with the break-glass key &{glass}",
-                            path=fp.rel)
+    _break_glass(out, sc, inv_entries, break_glass_anchor, drill_max_age_days)
 
     out.counts = {
         "files": len(out.files),

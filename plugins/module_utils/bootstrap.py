@@ -34,7 +34,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import age, failpoints, fleet, keyinventory, secrets, sshkeys
+from . import age, breakglass, failpoints, fleet, keyinventory, secrets, sshkeys
 from . import sops as engine
 from .errors import NixfleetError
 from .fsutil import atomic_write, ensure_private_dir, make_dirs, remove_made_dirs
@@ -328,7 +328,8 @@ def ensure_host_keys(
         raise BootstrapError(
             f"{spec.host}: admin anchor(s) {', '.join('&' + a for a in missing)} not in {config.path}; "
             f"known anchors: {', '.join(sorted(anchors)) or 'none'}")
-    spec.extra_members = [a for a in spec.always_members if a in anchors]
+    glass = breakglass.anchor_of(config, keyinventory.Inventory.load(repo))
+    spec.extra_members = [a for a in dict.fromkeys([*spec.always_members, glass]) if a and a in anchors]
     plan = fleet.Plan.scan(repo, config)
     kr = engine.keyring(identities)
     key_path, host_path = os.path.join(repo, spec.host_key_file), os.path.join(repo, spec.host_file)

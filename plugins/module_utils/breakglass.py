@@ -94,7 +94,9 @@ def rule_members(config: SopsConfig, anchors: list[str]) -> list[str]:
 def uncovered(config: SopsConfig, name: str) -> list[tuple[int, int]]:
     """(rule index, key group index) of every key group that cannot be opened by anchor ``name``."""
     recipient = config.anchors()[name].recipient
-    return [(rule.index, gi) for rule in config.rules for gi in range(max(1, len(rule.members)))
+    # A rule with the path_regex of an earlier one is never used by sops (the first match wins).
+    live = [r for r in config.rules if config.find_rule(r.path_regex) is r]
+    return [(rule.index, gi) for rule in live for gi in range(max(1, len(rule.members)))
             if gi >= len(rule.key_groups) or recipient not in rule.key_groups[gi]]
 
 
@@ -107,17 +109,16 @@ def ensure_in_every_rule(config: SopsConfig, name: str | None = None) -> bool:
     name = name or anchor_of(config)
     if not name:
         return False
-    recipient = config.anchors()[name].recipient
     changed = False
     # Edits shift lines and indexes stay: recompute what is missing after each one.
     for _ in range(100_000):
         missing = uncovered(config, name)
         if not missing:
             return changed
-        index, gi = missing[0]
-        # sops_config's public ensure_rule_member adds only when the anchor is in no group of the
-        # rule; a per-group add is needed here, and _add_member is that edit (one transaction).
-        config._add_member(index, gi, name, recipient)
+        index, _gi = missing[0]
+        rule = config.rules[index]
+        if not config.ensure_rule_member(rule.path_regex, name, every_group=True):
+            raise BreakGlassError(f"{config.path}: could not add &{name} to every key group of {rule.describe()}")
         changed = True
     raise BreakGlassError(f"{config.path}: could not add &{name} to every rule")  # pragma: no cover
 

@@ -40,6 +40,10 @@ options:
   break_glass_anchor:
     description: Anchor of the break-glass recipient; default is an anchor named C(break-glass) if present.
     type: str
+  drill_max_age_days:
+    description: A break-glass key whose last drill (C(playbooks/break_glass.yml --tags test)) is older is a finding.
+    type: int
+    default: 365
   report_path:
     description: Write the HTML report here (no timestamps in it, so an unchanged audit writes nothing).
     type: path
@@ -110,6 +114,7 @@ def main() -> None:
             max_age_days=dict(type="dict", default={}),
             secrets_dirs=dict(type="list", elements="str", default=["sops"]),
             break_glass_anchor=dict(type="str"),
+            drill_max_age_days=dict(type="int", default=365),
             report_path=dict(type="path"),
             fail_on=dict(type="str", choices=["never", "error", "warning"], default="never"),
         ),
@@ -118,7 +123,8 @@ def main() -> None:
     p = module.params
 
     def work():
-        res = audit.run(p["repo"], p["hosts"], p["max_age_days"], tuple(p["secrets_dirs"]), p["break_glass_anchor"])
+        res = audit.run(p["repo"], p["hosts"], p["max_age_days"], tuple(p["secrets_dirs"]), p["break_glass_anchor"],
+                        p["drill_max_age_days"])
         changed = False
         if p["report_path"]:
             changed = audit.write_report(res, p["report_path"], f"nixfleet.sops audit of {p['repo']}",

@@ -45,16 +45,27 @@ class RuleEdits(AnchorEdits):
     def _has_member(rule: CreationRule, gi: int, name: str, recipient: str) -> bool:
         return any(t == "*" + name or t == recipient for t in rule.members[gi])
 
-    def ensure_rule_member(self, path_regex: str | None, name: str, state: str = "present", key_group: int = 0) -> bool:
+    def ensure_rule_member(self, path_regex: str | None, name: str, state: str = "present", key_group: int = 0,
+                           every_group: bool = False) -> bool:
         """Ensure anchor ``name`` is (present) or is not (absent) a recipient of the rule for ``path_regex``.
 
         Present adds an alias to key group ``key_group`` unless the anchor (or
-        its recipient, literally) is already in any group. Absent removes it
-        from every group, refusing to leave a group without a recipient.
+        its recipient, literally) is already in any group; with ``every_group``
+        it is added to each key group that lacks it (a key that must open the
+        file alone, whatever the Shamir threshold: break-glass). Absent removes
+        it from every group, refusing to leave a group without a recipient.
         """
         check_anchor_name(name)
         rule = self._require_rule(path_regex)
         recipient = self._anchor_recipient(name)
+        if state == "present" and every_group:
+            changed = False
+            for gi in range(len(rule.members)):
+                rule = self.model.rules[rule.index]
+                if not self._has_member(rule, gi, name, recipient):
+                    self._add_member(rule.index, gi, name, recipient)
+                    changed = True
+            return changed
         if state == "present":
             if any(self._has_member(rule, gi, name, recipient) for gi in range(len(rule.members))):
                 return False
