@@ -74,14 +74,15 @@ class Metadata:
         """Age stanzas that are structurally broken (armor, header, one stanza of the recipient's type,
         base64, sizes): checked without any identity, so a plan or an audit can see that a file needs a
         rekey to repair them. Empty when all are sound."""
-        # Key groups are replaced (not changed in place) when they change, so the answer is kept per list.
+        # A plan and the rekey after it both ask: keep the answer for these exact stanzas.
+        key = tuple((s.recipient, s.enc) for group in self.key_groups for s in group)
         cached = getattr(self, "_problems", None)
-        if cached is not None and cached[0] is self.key_groups:
+        if cached is not None and cached[0] == key:
             return cached[1]
         found = [StanzaProblem(gi, s.recipient, problem)
                  for gi, group in enumerate(self.key_groups) for s in group
                  if (problem := stanza_problem(s.recipient, s.enc)) is not None]
-        self._problems = (self.key_groups, found)
+        self._problems = (key, found)
         return found
 
     # ----------------------------------------------------------------- reading
