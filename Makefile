@@ -59,7 +59,8 @@ collection:
 	@ln -sfn ../../.. $(COLL_LINK)
 
 lint: venv collection
-	$(BIN)/ruff check plugins tests benchmarks
+	$(BIN)/ruff check plugins tests benchmarks tools
+	$(BIN)/python tools/shape.py plugins/module_utils
 
 docs: venv collection
 	@for m in $$(ls plugins/modules/*.py | xargs -n1 basename | sed 's/\.py$$//'); do \

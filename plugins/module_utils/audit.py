@@ -118,6 +118,30 @@ def _break_glass(out: Audit, sc: fleet.Plan, inventory: list[keyinventory.KeyEnt
         out.add(f["kind"], f["message"], f["severity"], anchor=f["anchor"])
 
 
+def _file_findings(out: Audit, fp: fleet.FilePlan, names: dict[str, str]) -> None:
+    """One sops file: who can open it, and what is out of place (broken stanzas, raw SSH, strangers, drift)."""
+    out.files.append(fp.rel)
+    have = [r for g in fp.current for r in g]
+    out.access[fp.rel] = sorted(names[r] for r in have if r in names)
+    for g, r in fp.broken_stanzas:
+        out.add("broken_stanza", f"{fp.rel}: the data key wrapped for {names.get(r, r)} (key group {g + 1}) is "
+                "structurally broken, so that key cannot open the file", path=fp.rel, recipient=r)
+    for r in have:
+        if r.startswith(SSH_PREFIXES) and (r not in names or out.kinds.get(names[r]) == "host"):
+            out.add("ssh_recipient", f"{fp.rel} is encrypted to a raw SSH recipient", path=fp.rel)
+        elif r not in names and not any(r in g for g in (fp.wanted or [])):
+            out.add("unknown_recipient", f"{fp.rel} is encrypted to {r}, which no anchor in .sops.yaml names",
+                    path=fp.rel, recipient=r)
+    if fp.wanted is not None and fp.needs_change:
+        parts = []
+        if fp.added:
+            parts.append("missing " + ", ".join(names.get(r, r) for r in fp.added))
+        if fp.removed:
+            parts.append("extra " + ", ".join(names.get(r, r) for r in fp.removed))
+        out.add("drift", f"{fp.rel} differs from {fp.rule!r}: " + "; ".join(parts or ["key groups differ"]),
+                path=fp.rel)
+
+
 def run(
     repo: str,
     hosts: list[str] | None = None,
@@ -160,26 +184,7 @@ def run(
                     line=a.line)
 
     for fp in sc.files:
-        out.files.append(fp.rel)
-        have = [r for g in fp.current for r in g]
-        out.access[fp.rel] = sorted(names[r] for r in have if r in names)
-        for g, r in fp.broken_stanzas:
-            out.add("broken_stanza", f"{fp.rel}: the data key wrapped for {names.get(r, r)} (key group {g + 1}) is "
-                    "structurally broken, so that key cannot open the file", path=fp.rel, recipient=r)
-        for r in have:
-            if r.startswith(SSH_PREFIXES) and (r not in names or out.kinds.get(names[r]) == "host"):
-                out.add("ssh_recipient", f"{fp.rel} is encrypted to a raw SSH recipient", path=fp.rel)
-            elif r not in names and not any(r in g for g in (fp.wanted or [])):
-                out.add("unknown_recipient", f"{fp.rel} is encrypted to {r}, which no anchor in .sops.yaml names",
-                        path=fp.rel, recipient=r)
-        if fp.wanted is not None and fp.needs_change:
-            parts = []
-            if fp.added:
-                parts.append("missing " + ", ".join(names.get(r, r) for r in fp.added))
-            if fp.removed:
-                parts.append("extra " + ", ".join(names.get(r, r) for r in fp.removed))
-            out.add("drift", f"{fp.rel} differs from {fp.rule!r}: " + "; ".join(parts or ["key groups differ"]),
-                    path=fp.rel)
+        _file_findings(out, fp, names)
     for rel in sc.no_rule:
         out.add("no_rule", f"{rel} is sops-encrypted but no creation rule matches it", path=rel)
     for u in sc.unreadable:

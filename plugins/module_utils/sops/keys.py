@@ -149,6 +149,27 @@ def _key_cmd(cmd: str, env: Mapping[str, str], searched: list[str], warn: Warn) 
     return found
 
 
+def _ssh_identities(env: Mapping[str, str], searched: list[str]) -> list[str]:
+    """SOPS_AGE_SSH_PRIVATE_KEY_FILE, then ~/.ssh/id_ed25519 and ~/.ssh/id_rsa, as sops looks."""
+    found: list[str] = []
+    if SOPS_AGE_SSH_PRIVATE_KEY_FILE in env:
+        path = env[SOPS_AGE_SSH_PRIVATE_KEY_FILE]
+        found += _ssh_identity(path, f"{SOPS_AGE_SSH_PRIVATE_KEY_FILE}={path}", searched)
+    else:
+        searched.append(f"{SOPS_AGE_SSH_PRIVATE_KEY_FILE} (not set)")
+    home = env.get("HOME", "")
+    if not home:
+        searched.append("~/.ssh (HOME not set)")
+        return found
+    for name in ("id_ed25519", "id_rsa"):
+        path = os.path.join(home, ".ssh", name)
+        if os.path.exists(path):
+            found += _ssh_identity(path, path, searched)
+        else:
+            searched.append(f"{path} (not found)")
+    return found
+
+
 def find_identities(
     env: Mapping[str, str] | None = None, explicit: Iterable[str] = (), warn: Warn = None
 ) -> tuple[list[str], list[str]]:
@@ -182,21 +203,8 @@ def find_identities(
         searched.append(f"identities passed explicitly ({_count(len(identities))})")
 
     # SSH keys first, as sops' loadAgeSSHIdentities runs first.
-    if SOPS_AGE_SSH_PRIVATE_KEY_FILE in env:
-        path = env[SOPS_AGE_SSH_PRIVATE_KEY_FILE]
-        identities += _ssh_identity(path, f"{SOPS_AGE_SSH_PRIVATE_KEY_FILE}={path}", searched)
-    else:
-        searched.append(f"{SOPS_AGE_SSH_PRIVATE_KEY_FILE} (not set)")
+    identities += _ssh_identities(env, searched)
     home = env.get("HOME", "")
-    if home:
-        for name in ("id_ed25519", "id_rsa"):
-            path = os.path.join(home, ".ssh", name)
-            if os.path.exists(path):
-                identities += _ssh_identity(path, path, searched)
-            else:
-                searched.append(f"{path} (not found)")
-    else:
-        searched.append("~/.ssh (HOME not set)")
 
     if SOPS_AGE_KEY in env:
         try:

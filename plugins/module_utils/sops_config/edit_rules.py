@@ -29,6 +29,10 @@ from .parse import scalar_data
 from .regex import compile_path_regex
 
 
+def _has_member(rule: CreationRule, gi: int, name: str, recipient: str) -> bool:
+    return any(t == "*" + name or t == recipient for t in rule.members[gi])
+
+
 class RuleEdits(AnchorEdits):
     """Rule edits on top of the anchor edits; each public edit is one transaction per change."""
 
@@ -41,33 +45,25 @@ class RuleEdits(AnchorEdits):
             )
         return rule
 
-    @staticmethod
-    def _has_member(rule: CreationRule, gi: int, name: str, recipient: str) -> bool:
-        return any(t == "*" + name or t == recipient for t in rule.members[gi])
-
     def ensure_rule_member(self, path_regex: str | None, name: str, state: str = "present", key_group: int = 0,
                            every_group: bool = False) -> bool:
         """Ensure anchor ``name`` is (present) or is not (absent) a recipient of the rule for ``path_regex``.
 
-        Present adds an alias to key group ``key_group`` unless the anchor (or
-        its recipient, literally) is already in any group; with ``every_group``
-        it is added to each key group that lacks it (a key that must open the
-        file alone, whatever the Shamir threshold: break-glass). Absent removes
-        it from every group, refusing to leave a group without a recipient.
+        Present adds an alias to key group ``key_group`` unless the anchor (or its recipient, literally) is
+        already in any group; ``every_group`` adds it to each group that lacks it (a key that must open the
+        file alone: break-glass). Absent removes it from every group, never leaving a group without a recipient.
         """
         check_anchor_name(name)
         rule = self._require_rule(path_regex)
         recipient = self._anchor_recipient(name)
         if state == "present" and every_group:
-            changed = False
-            for gi in range(len(rule.members)):
-                rule = self.model.rules[rule.index]
-                if not self._has_member(rule, gi, name, recipient):
-                    self._add_member(rule.index, gi, name, recipient)
-                    changed = True
-            return changed
+            # Adding to one group leaves the others' members as they were: the list holds.
+            missing = [gi for gi in range(len(rule.members)) if not _has_member(rule, gi, name, recipient)]
+            for gi in missing:
+                self._add_member(rule.index, gi, name, recipient)
+            return bool(missing)
         if state == "present":
-            if any(self._has_member(rule, gi, name, recipient) for gi in range(len(rule.members))):
+            if any(_has_member(rule, gi, name, recipient) for gi in range(len(rule.members))):
                 return False
             if key_group >= len(rule.members):
                 raise SopsConfigError(f"{self._where(rule.node)}: {rule.describe()} has no key group {key_group}")
@@ -177,7 +173,7 @@ class RuleEdits(AnchorEdits):
     def _remove_member(self, index: int, gi: int, name: str, recipient: str) -> bool:
         """Remove alias ``*name`` and literal ``recipient`` from key group ``gi`` of rule ``index``."""
         rule = self.model.rules[index]
-        if not self._has_member(rule, gi, name, recipient):
+        if not _has_member(rule, gi, name, recipient):
             return False
         f = self.model.age_fields(rule.node)[gi]
         victims = {"*" + name, recipient}
@@ -285,9 +281,9 @@ class RuleEdits(AnchorEdits):
             for a in group:
                 rule = self.model.rules[index]
                 if per_group:
-                    present = self._has_member(rule, gi, a, recipients[a])
+                    present = _has_member(rule, gi, a, recipients[a])
                 else:
-                    present = any(self._has_member(rule, g, a, recipients[a]) for g in range(len(rule.members)))
+                    present = any(_has_member(rule, g, a, recipients[a]) for g in range(len(rule.members)))
                 if not present:
                     self._add_member(index, gi, a, recipients[a])
                     changed = True

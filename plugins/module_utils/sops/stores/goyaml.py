@@ -159,6 +159,24 @@ _SIMPLE_PLAIN = re.compile(r"[A-Za-z0-9_/+=][\x21-\x7e]*")
 _SIMPLE_BLOCK = re.compile(r"[\x20-\x7e\n]*")
 
 
+_WS = " \t\r\n\x85\u2028\u2029"
+
+
+def _has_indicator(value: str) -> bool:
+    """yaml.v3's block indicators: a document marker, an indicator first, ': ' or ' #' inside."""
+    if value.startswith(("---", "...")):
+        return True
+    n = len(value)
+    for i, ch in enumerate(value):
+        followed_ws = i + 1 >= n or value[i + 1] in _WS
+        if i == 0:
+            if ch in "#,[]{}&*!|>'\"%@`" or (ch in "?:-" and followed_ws):
+                return True
+        elif (ch == ":" and followed_ws) or (ch == "#" and value[i - 1] in _WS):
+            return True
+    return False
+
+
 def _analyze(value: str) -> dict[str, bool]:
     # Fast paths for what sops writes most (ENC[…] values, armored age blocks): no spaces, ASCII.
     if _SIMPLE_PLAIN.fullmatch(value) and not value.endswith(":"):
@@ -174,33 +192,13 @@ def _analyze(value: str) -> dict[str, bool]:
         return {"multiline": True, "block_plain": False, "single": True, "block": True}
     if not value:
         return {"multiline": False, "block_plain": True, "single": True, "block": False}
-    block_ind = False
-    if value.startswith("---") or value.startswith("..."):
-        block_ind = True
+    block_ind = _has_indicator(value)
     line_breaks = special = tabs = False
     leading_space = leading_break = trailing_space = trailing_break = False
     break_space = space_break = False
     prev_space = prev_break = False
-    preceded_ws = True
     n = len(value)
     for i, ch in enumerate(value):
-        followed_ws = i + 1 >= n or value[i + 1] in " \t\r\n\x85\u2028\u2029"
-        if i == 0:
-            if ch in "#,[]{}&*!|>'\"%@`":
-                block_ind = True
-            elif ch in "?:":
-                if followed_ws:
-                    block_ind = True
-            elif ch == "-":
-                if followed_ws:
-                    block_ind = True
-        else:
-            if ch == ":":
-                if followed_ws:
-                    block_ind = True
-            elif ch == "#":
-                if preceded_ws:
-                    block_ind = True
         cp = ord(ch)
         if ch == "\t":
             tabs = True
@@ -225,7 +223,6 @@ def _analyze(value: str) -> dict[str, bool]:
             prev_space, prev_break = False, True
         else:
             prev_space = prev_break = False
-        preceded_ws = ch in " \t\r\n\x85\u2028\u2029"
     block_plain = single = block = True
     if leading_space or leading_break or trailing_space or trailing_break:
         block_plain = False
