@@ -470,9 +470,12 @@ def parse_identities(
 
 def read_identity_file(path: str) -> list[str]:
     """Read and parse an age identity file (see parse_identities)."""
+    from .fsutil import KEY_FILE_LIMIT, UnsafePathError, read_regular
+
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        text = read_regular(path, KEY_FILE_LIMIT, "key file").decode("utf-8")
+    except UnsafePathError as exc:
+        raise AgeKeyError(exc.message) from None
     except UnicodeDecodeError:
         raise AgeKeyError(f"{path}: not a text file, expected an age key file") from None
     except OSError as exc:

@@ -31,7 +31,16 @@ from . import failpoints, vcs
 from . import sops as engine
 from .age import AgeKeyError, recipient_kind, redact, validate_identity, validate_recipient
 from .errors import NixfleetError
-from .fsutil import PartialCommitError, commit_all, discard_staged, remove_stale_temps, walk_files
+from .fsutil import (
+    KEY_FILE_LIMIT,
+    PartialCommitError,
+    UnsafePathError,
+    commit_all,
+    discard_staged,
+    read_regular,
+    remove_stale_temps,
+    walk_files,
+)
 from .sops_config import NoMatchingRuleError, SopsConfig, SopsConfigError, compile_path_regex
 
 CONFIG_NAME = ".sops.yaml"
@@ -675,8 +684,9 @@ def collect_identities(
     out: list[str] = []
     for path in identity_files:
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            data = read_regular(path, KEY_FILE_LIMIT, "key file")
+        except UnsafePathError as exc:
+            raise FleetError(f"identity file {exc.message}") from None
         except OSError as exc:
             raise FleetError(f"{path}: cannot read identity file: {exc.strerror}") from None
         try:

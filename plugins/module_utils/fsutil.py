@@ -77,6 +77,53 @@ def walk_files(root: str, skip_dirs: frozenset[str] = SKIP_DIRS) -> list[str]:
     return sorted(out)
 
 
+# Size limits of what the collection reads: generous for real files, small enough that a sparse
+# 200 MB "key" or a /dev/zero link fails at once instead of filling memory.
+KEY_FILE_LIMIT = 1 << 20
+CONFIG_LIMIT = 64 << 20
+SOPS_FILE_LIMIT = 256 << 20
+
+
+def read_regular(path: str, limit: int, what: str = "file") -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes.
+
+    Opened without blocking (a FIFO someone put in place of a key file fails at
+    once instead of hanging the run), checked after opening (no swap between a
+    check and the read), and read to at most ``limit`` bytes. Raises
+    FileNotFoundError for a missing file (callers decide whether that is fine)
+    and UnsafePathError, naming the file and what to do, for the rest.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise UnsafePathError(f"{path}: is a directory, not a {what}") from None
+    except OSError as exc:
+        raise _named(exc, path) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode) else (
+                "a device or socket")
+            raise UnsafePathError(f"{path}: is {kind}, not a regular {what}; point to the file itself")
+        if st.st_size > limit:
+            raise UnsafePathError(f"{path}: is {st.st_size} bytes, more than a {what} can be "
+                                  f"({limit >> 20 or 1} MB at most); is it the right file?")
+        chunks, size = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise UnsafePathError(f"{path}: grows beyond {limit >> 20 or 1} MB while being read")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(directory: str) -> None:
     """fsync a directory so a rename in it survives a power cut (best effort)."""
     try:

@@ -17,7 +17,7 @@ import yaml
 
 from .age import parse_ssh_public_key, validate_recipient
 from .errors import NixfleetError
-from .fsutil import atomic_write, make_dirs
+from .fsutil import UnsafePathError, atomic_write, make_dirs, read_regular
 from .sops_config import check_anchor_name
 
 INVENTORY_PATH = os.path.join(".nixfleet", "keys.yaml")
@@ -131,12 +131,11 @@ class Inventory:
         """Read the inventory of ``repo``; a missing file is an empty inventory."""
         path = inventory_file(repo)
         try:
-            if os.path.getsize(path) > MAX_BYTES:
-                raise InventoryError(f"{path}: larger than {MAX_BYTES >> 20} MB; this is not a key inventory")
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
+            text = read_regular(path, MAX_BYTES, "key inventory").decode("utf-8")
         except FileNotFoundError:
             return cls(repo, [], "")
+        except UnsafePathError as exc:
+            raise InventoryError(exc.message) from None
         except UnicodeDecodeError:
             raise InventoryError(f"{path}: not UTF-8 text; fix or remove the file") from None
         return cls(repo, _parse(text, path), text)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import age, sshkeys
-from .fsutil import atomic_write, ensure_private_dir
+from .fsutil import KEY_FILE_LIMIT, UnsafePathError, atomic_write, ensure_private_dir, read_regular
 
 
 @dataclass
@@ -40,8 +40,9 @@ class KeyResult:
 
 def _read_private(path: str) -> str:
     try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
+        return read_regular(path, KEY_FILE_LIMIT, "key file").decode("utf-8")
+    except UnsafePathError as exc:
+        raise age.AgeKeyError(exc.message) from None
     except UnicodeDecodeError:
         raise age.AgeKeyError(f"{path}: not a text file") from None
     except OSError as exc:
@@ -175,8 +176,7 @@ def ensure_ssh_keypair(
 
     current_pub = None
     if os.path.exists(pub_path):
-        with open(pub_path, encoding="utf-8", errors="replace") as fh:
-            current_pub = fh.read().strip()
+        current_pub = _read_private(pub_path).strip()
     if current_pub != keypair.public_line:
         result.changed = True
         result.actions.append(f"write {pub_path}")

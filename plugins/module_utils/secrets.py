@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import sops as engine
+from .fsutil import SOPS_FILE_LIMIT, UnsafePathError, read_regular
 from .sops.file import Identities
 from .sops.tree import comparable, display_key_path, get_path, strip_comments
 from .sops_config import SopsConfig, SopsConfigError
@@ -90,8 +91,9 @@ def read_value_file(path: str) -> str:
     Raises SopsError when it cannot be read or is not UTF-8 (sops values are text).
     """
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = read_regular(path, SOPS_FILE_LIMIT, "value_file")
+    except UnsafePathError as exc:
+        raise engine.SopsError(exc.message.removeprefix(f"{path}: "), path) from None
     except OSError as exc:
         raise engine.SopsError(f"cannot read value_file: {exc.strerror}", path) from None
     try:

@@ -13,6 +13,7 @@ import copy
 import os
 from typing import Any
 
+from ..fsutil import SOPS_FILE_LIMIT, UnsafePathError, read_regular
 from . import foreign as fk
 from .cipher import Stash, decrypt_tree, seal
 from .errors import SopsError, SopsKeyPathError, SopsNotEncryptedError
@@ -29,10 +30,11 @@ _RULE_OPTIONS = (*RULE_FIELDS, "mac_only_encrypted")
 
 def _read(path: str) -> bytes:
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
+        return read_regular(path, SOPS_FILE_LIMIT, "sops file")
     except FileNotFoundError:
         raise SopsError("file not found", path) from None
+    except UnsafePathError as exc:
+        raise SopsError(exc.message.removeprefix(f"{path}: "), path) from None
     except OSError as exc:
         raise SopsError(f"cannot read: {exc.strerror}", path) from None
 

@@ -48,6 +48,7 @@ from ..age import (
     recipient_kind,
 )
 from ..ageplugin import PluginError, PluginUI, SecretSource, unwrap_file_keys, wrap_file_keys
+from ..fsutil import KEY_FILE_LIMIT, UnsafePathError, read_regular
 from ..identities import PASSPHRASE_HINT, Warn, identity_texts, is_locked, unlock
 from .errors import SopsError
 
@@ -87,8 +88,10 @@ def _describe(found: list[str]) -> str:
 
 def _ssh_identity(path: str, label: str, searched: list[str]) -> list[str]:
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = read_regular(path, KEY_FILE_LIMIT, "key file")
+    except UnsafePathError as exc:
+        searched.append(f"{label} (not read: {exc.message.removeprefix(path + ': ')})")
+        return []
     except OSError as exc:
         searched.append(f"{label} (cannot read: {exc.strerror})")
         return []
@@ -115,8 +118,10 @@ def _read_key_file(path: str, label: str, searched: list[str], warn: Warn, missi
     ``missing`` is how an absent file is described; None reports it like any unreadable file.
     """
     try:
-        with open(path, "rb") as fh:
-            found = _parse_text(fh.read(), path, warn)
+        found = _parse_text(read_regular(path, KEY_FILE_LIMIT, "key file"), path, warn)
+    except UnsafePathError as exc:
+        searched.append(f"{label} (not read: {exc.message.removeprefix(path + ': ')})")
+        return []
     except FileNotFoundError as exc:
         searched.append(f"{label} ({missing or 'cannot read: ' + (exc.strerror or 'not found')})")
         return []

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ..fsutil import atomic_write, walk_files
+from ..fsutil import CONFIG_LIMIT, UnsafePathError, atomic_write, read_regular, walk_files
 from .common import SopsConfigError
 from .edit_rules import RuleEdits
 from .lint import RepoFile, is_sops_file, lint
@@ -27,12 +27,15 @@ class SopsConfig(RuleEdits):
     def load(cls, path: str, missing_ok: bool = False) -> SopsConfig:
         """Read ``path``; with ``missing_ok`` a missing file is an empty config (created on save)."""
         try:
-            with open(path, encoding="utf-8", newline="") as fh:
-                text = fh.read()
+            text = read_regular(path, CONFIG_LIMIT, ".sops.yaml").decode("utf-8")
         except FileNotFoundError:
             if not missing_ok:
                 raise SopsConfigError(f"{path}: no such file") from None
             text = ""
+        except UnsafePathError as exc:
+            raise SopsConfigError(exc.message) from None
+        except OSError as exc:
+            raise SopsConfigError(f"{path}: cannot read: {exc.strerror}") from None
         except UnicodeDecodeError as exc:
             raise SopsConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         return cls(text, path)

@@ -198,3 +198,25 @@ def test_commit_all_renames_everything(tmp_path):
     fsutil.commit_all([(fsutil.stage_write(str(f), "new\n", sync=False), str(f)) for f in files])
     assert [f.read_text() for f in files] == ["new\n"] * 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f0.yaml", "f1.yaml", "f2.yaml"]
+
+
+def test_read_regular_refuses_what_is_not_a_small_regular_file(tmp_path):
+    import time
+
+    fifo = tmp_path / "keys.txt"
+    os.mkfifo(fifo)
+    start = time.monotonic()
+    with pytest.raises(fsutil.UnsafePathError, match=r"keys.txt: is a FIFO, not a regular key file"):
+        fsutil.read_regular(str(fifo), fsutil.KEY_FILE_LIMIT, "key file")
+    assert time.monotonic() - start < 1  # never blocks waiting for a writer
+    sparse = tmp_path / "big.txt"
+    with open(sparse, "wb") as fh:
+        fh.truncate(200 << 20)  # 200 MB that take no disk
+    with pytest.raises(fsutil.UnsafePathError, match=r"big.txt: is 209715200 bytes, more than a key file can be"):
+        fsutil.read_regular(str(sparse), fsutil.KEY_FILE_LIMIT, "key file")
+    with pytest.raises(fsutil.UnsafePathError, match="is a directory"):
+        fsutil.read_regular(str(tmp_path), fsutil.KEY_FILE_LIMIT, "key file")
+    with pytest.raises(FileNotFoundError):
+        fsutil.read_regular(str(tmp_path / "missing"), 10)
+    (tmp_path / "ok").write_bytes(b"x" * 10)
+    assert fsutil.read_regular(str(tmp_path / "ok"), 10) == b"x" * 10
