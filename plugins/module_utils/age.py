@@ -40,8 +40,9 @@ SSH_KEY_TYPES = KEY_TYPES
 
 
 _SECRET_PATTERNS = (
-    re.compile(r"AGE-SECRET-KEY-(?:PQ-)?1[0-9A-Za-z]*"),
-    re.compile(r"AGE-PLUGIN-[A-Z0-9-]+1[0-9A-Za-z]*"),
+    # A key has dozens of characters after the separator; the bare prefix (in a hint) is no secret.
+    re.compile(r"AGE-SECRET-KEY-(?:PQ-)?1[0-9A-Za-z]{8,}"),
+    re.compile(r"AGE-PLUGIN-[A-Z0-9-]+1[0-9A-Za-z]{8,}"),
     re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|$)", re.S),
 )
 

@@ -269,13 +269,12 @@ tr.error td {{ background: #fbe0e0; }} tr.warning td {{ background: #fff4d0; }}
 
 def write_report(a: Audit, path: str, title: str, check_mode: bool = False) -> bool:
     """Write the HTML report atomically; True when its content changed."""
-    from .fsutil import atomic_write, make_dirs
+    from .fsutil import CONFIG_LIMIT, atomic_write, make_dirs, read_regular
 
     text = html_report(a, title)
     try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == text:
-                return False
+        if read_regular(path, CONFIG_LIMIT, "report").decode("utf-8", "replace") == text:
+            return False
     except FileNotFoundError:
         pass
     if not check_mode:

@@ -28,6 +28,7 @@ Return values hold public material only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -37,7 +38,15 @@ from typing import Any
 from . import age, breakglass, failpoints, fleet, keyinventory, secrets, sshkeys
 from . import sops as engine
 from .errors import NixfleetError
-from .fsutil import atomic_write, ensure_private_dir, make_dirs, remove_made_dirs
+from .fsutil import (
+    CONFIG_LIMIT,
+    atomic_write,
+    ensure_private_dir,
+    make_dirs,
+    read_regular,
+    remove_made_dirs,
+    walk_files,
+)
 from .sops_config import SopsConfig, check_anchor_name
 
 HOST_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -465,6 +474,8 @@ def stage_extra_files(
     home = (user_home or f"/home/{user}").strip("/")
     if ".." in home.split("/"):
         raise BootstrapError(f"{host}: user home {user_home!r} is not a plain path")
+    if os.path.lexists(dest):
+        ensure_private_dir(dest)  # refuses a link, a file, or a directory another user owns: before any key is read
     kr = engine.keyring(identities)
     host_kp = _host_key_from_repo(repo, host, kr)
     host_file = os.path.join(repo, "sops", f"{host}.yaml")
@@ -525,11 +536,11 @@ def detect_persist_prefix(nix_config: str, host: str) -> str:
     text = ""
     for c in candidates:
         if os.path.isdir(c):
-            for dirpath, _, filenames in os.walk(c):
-                for fn in filenames:
-                    if fn.endswith(".nix"):
-                        with open(os.path.join(dirpath, fn), encoding="utf-8", errors="replace") as fh:
-                            text += fh.read() + "\n"
+            for rel in walk_files(c):
+                if rel.endswith(".nix"):
+                    with contextlib.suppress(OSError):  # a FIFO or a huge file is no host configuration
+                        text += read_regular(os.path.join(c, rel), CONFIG_LIMIT, "nix file").decode(
+                            "utf-8", "replace") + "\n"
     if not re.search(r"impermanence|btrfs-luks-impermanence|bcachefs[^\n]*encrypt", text):
         return ""
     m = re.search(r"""["'](/persist[A-Za-z0-9_/-]*)["']""", text)

@@ -40,7 +40,7 @@ from typing import Any
 from . import age, fleet, keyinventory, paperkey, paperpage, vcs
 from . import sops as engine
 from .errors import NixfleetError
-from .fsutil import atomic_write, ensure_private_dir, repo_lock
+from .fsutil import KEY_FILE_LIMIT, atomic_write, ensure_private_dir, read_regular, repo_lock
 from .sops_config import SopsConfig
 
 ANCHOR = "break_glass"
@@ -249,8 +249,8 @@ def generate(output_dir: str, fleet_name: str, shares: int | None = None, thresh
 def _already_generated(output_dir: str, names: list[str], n: int, k: int) -> GenerateResult:
     recipients = set()
     for name in names:
-        with open(os.path.join(output_dir, name), encoding="utf-8") as fh:
-            recipients.add(paperpage.read_meta(fh.read(4096)).get("recipient"))
+        page = read_regular(os.path.join(output_dir, name), KEY_FILE_LIMIT, "break-glass page")
+        recipients.add(paperpage.read_meta(page[:4096].decode("utf-8", "replace")).get("recipient"))
     recipients.discard(None)
     if len(recipients) != 1:
         raise BreakGlassError(

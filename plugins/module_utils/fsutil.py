@@ -81,7 +81,7 @@ def walk_files(root: str, skip_dirs: frozenset[str] = SKIP_DIRS) -> list[str]:
 # 200 MB "key" or a /dev/zero link fails at once instead of filling memory.
 KEY_FILE_LIMIT = 1 << 20
 CONFIG_LIMIT = 64 << 20
-SOPS_FILE_LIMIT = 256 << 20
+SOPS_FILE_LIMIT = 64 << 20
 
 
 def read_regular(path: str, limit: int, what: str = "file") -> bytes:
@@ -483,32 +483,9 @@ def repo_lock(
         finally:
             held[key] -= 1
         return
+    deadline = time.monotonic() + max(wait, 0)
+    fd = _acquire(directory, lock_path, deadline, wait)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UnsafePathError(f"{lock_path} is a symlink; refusing to use it as the lock file") from None
-        raise _named(exc, lock_path) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnsafePathError(f"{lock_path} is not a regular file; remove it")
-        deadline = time.monotonic() + max(wait, 0)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                if time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    continue
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown holder"
-            raise LockedError(
-                f"{directory} is locked by another nixfleet.sops run ({holder}); wait for it to finish and run "
-                "again (the lock goes away by itself when that process ends)"
-                + (f"; waited {wait:g} s" if wait else "")
-            ) from None
         info = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
         if purpose:
             info += f" ({purpose})"
@@ -519,10 +496,56 @@ def repo_lock(
             yield lock_path
         finally:
             held.pop(key, None)
+            # Removed while still held: nothing is left behind, and a waiter that opened this file
+            # sees it is gone once it gets the lock, and takes a new one (see _acquire).
             with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
+                if _same_file(lock_path, fd):
+                    os.unlink(lock_path)
     finally:
         os.close(fd)
+
+
+def _same_file(path: str, fd: int) -> bool:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    fst = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
+
+
+def _acquire(directory: str, lock_path: str, deadline: float, wait: float) -> int:
+    """An fd of ``lock_path`` holding its flock, the file still in place (a holder removes it on release)."""
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePathError(f"{lock_path} is a symlink; refusing to use it as the lock file") from None
+            raise _named(exc, lock_path) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafePathError(f"{lock_path} is not a regular file; remove it")
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                        raise
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown holder"
+                        raise LockedError(
+                            f"{directory} is locked by another nixfleet.sops run ({holder}); wait for it to finish "
+                            "and run again (the lock goes away by itself when that process ends)"
+                            + (f"; waited {wait:g} s" if wait else "")) from None
+                    time.sleep(0.05)
+        except BaseException:
+            os.close(fd)
+            raise
+        if _same_file(lock_path, fd):
+            return fd
+        os.close(fd)  # the holder we waited for removed this file; lock the new one
 
 
 def remove_stale_temps(directory: str, skip_dirs: frozenset[str] = frozenset({".git", ".jj"})) -> list[str]:

@@ -32,6 +32,25 @@ def one_line(exc: BaseException) -> str:
     return msg
 
 
+def hide_key_material(module: Any) -> None:
+    """Mask any parameter value that holds a private key, whatever the option (a key pasted as a
+    recipient): Ansible echoes module arguments back in every result, and only no_log ones are masked."""
+    from .age import redact
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            if redact(value) != value:
+                module.no_log_values.add(value)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+
+    walk(getattr(module, "params", {}) or {})
+
+
 def run_guarded(module: Any, work: Callable[[], T], prefix: str | None = None, **fail_extra: Any) -> T:
     """Run ``work``; on error call ``module.fail_json`` with one clear line (and ``fail_extra``).
 
@@ -44,8 +63,11 @@ def run_guarded(module: Any, work: Callable[[], T], prefix: str | None = None, *
             msg = f"{prefix}: {msg}"
         module.fail_json(msg=msg, **extra)
 
+    hide_key_material(module)
     try:
         return work()
+    except KeyboardInterrupt:
+        fail("interrupted (Ctrl-C): every file is as it was or whole and new; run again to finish", **fail_extra)
     except NixfleetError as exc:
         extra = dict(fail_extra)
         files = getattr(exc, "files", None)

@@ -211,9 +211,10 @@ def pending_paths(repo: str) -> list[str]:
     path = _pending_file(repo)
     if path is None:
         return []
+    from .fsutil import CONFIG_LIMIT, read_regular
+
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = json.loads(read_regular(path, CONFIG_LIMIT, "record of uncommitted files"))
     except FileNotFoundError:
         return []
     except (OSError, ValueError):

@@ -158,10 +158,15 @@ def main() -> None:
             value = secrets.read_value_file(p["value_file"])
             module.no_log_values.update(v for v in (value, value.strip()) if v)
         ids = fleet.collect_identities(**identity_options(p, module.warn))
-        # Writes wait for no one but refuse to run beside a rekey of the same repository.
+        # The repository (where .sops.yaml is) is locked across the read-modify-write: parallel writers
+        # queue, and a rekey of it waits. A file outside any repository has no lock to take (and none
+        # is left in an arbitrary directory).
         config = p["config"] or secrets.find_config(os.path.dirname(os.path.abspath(p["path"])))
-        repo = os.path.dirname(os.path.abspath(config or p["path"]))
-        with repo_lock(repo, purpose="sops_secret") if not module.check_mode else nullcontext():
+        lock = nullcontext()
+        if config and os.path.isfile(config) and not module.check_mode:
+            lock = repo_lock(os.path.dirname(os.path.abspath(config)), purpose="sops_secret",
+                             require=os.path.basename(config), wait=60)
+        with lock:
             return secrets.ensure_secret(p["path"], keypath, value, p["state"], ids, p["config"], p["create"],
                                          dry_run=module.check_mode)
 

@@ -14,6 +14,7 @@ import io
 import json
 from typing import Any
 
+from ansible.module_utils.common import warnings
 from ansible.module_utils.testing import patch_module_args
 
 from tests.lib.runner import Result
@@ -26,6 +27,9 @@ def run_module_inproc(module: str, args: dict[str, Any], check: bool = False, di
     full = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
     out, err = io.StringIO(), io.StringIO()
     rc = 0
+    # Warnings and deprecations are process-wide in Ansible: without this, a run reports the last one's.
+    warnings._global_warnings.clear()
+    warnings._global_deprecations.clear()
     with patch_module_args(full), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             mod.main()

@@ -29,6 +29,12 @@ from .parse import scalar_data
 from .regex import compile_path_regex
 
 
+def _check_threshold(path_regex: str, threshold: int | None, groups: int) -> None:
+    if threshold is not None and not 1 <= threshold <= max(1, groups):
+        raise SopsConfigError(f"creation rule {path_regex!r}: shamir_threshold {threshold} must be between 1 and "
+                              f"its {groups} key group(s)")
+
+
 def _has_member(rule: CreationRule, gi: int, name: str, recipient: str) -> bool:
     return any(t == "*" + name or t == recipient for t in rule.members[gi])
 
@@ -257,6 +263,7 @@ class RuleEdits(AnchorEdits):
             )
         recipients = {a: self._anchor_recipient(a) for g in wanted for a in g}
         if existing is None:
+            _check_threshold(path_regex, shamir_threshold, len(wanted))
             self._create_rule(path_regex, wanted, key_groups is not None, shamir_threshold)
             return True
         return self._update_rule(existing, wanted, key_groups is not None, exclusive, shamir_threshold, recipients)
