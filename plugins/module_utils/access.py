@@ -391,6 +391,12 @@ def reconcile(config: SopsConfig, model: AccessModel) -> Reconciliation:
     config = _rewrite_markers(config, renames, drops)
     for rule in sorted(drops, key=lambda r: -r.index):
         gone = next(n for n, r in managed.items() if r is rule)
+        first = config.find_rule(rule.path_regex)
+        if first is None or first.index != rule.index:
+            # The editor removes the first rule with that path_regex: here a hand-written one.
+            raise AccessError(f"{config.path}, line {rule.line}: cannot remove the managed rule of category {gone} "
+                              f"(gone from the inventory): the earlier rule at line {first.line if first else '?'} "
+                              "has the same path_regex; remove one of them by hand")
         config.ensure_rule(rule.path_regex or "", state="absent")
         records.append({"category": gone, "path_regex": rule.path_regex, "action": "removed", "added": [],
                         "removed": sorted(rule.anchors)})

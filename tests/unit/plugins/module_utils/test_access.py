@@ -263,6 +263,10 @@ def test_moving_a_host_changes_exactly_the_expected_files(repo, sops_bin):
         "sops/server.yaml": (["d2"], [], False), "sops/network.yaml": (["d2"], [], False)}
     after = tree(repo)
     assert {rel for rel in before if after[rel] != before[rel]} == set(res.changed_files)
+    # Everything before the first managed rule (header, anchors, hand-written rules, comments) is byte-identical.
+    cut = before[".sops.yaml"].index(MARK.encode())
+    assert after[".sops.yaml"][:cut] == before[".sops.yaml"][:cut]
+    assert before[".sops.yaml"][:cut].count(b"- path_regex: ") == len(HOSTS)
     # Gained: same data key (rekey keeps values, mac, lastmodified); lost: a new data key and mac
     # (lastmodified has a resolution of a second: the playbook test checks it).
     for rel in ("sops/server.yaml", "sops/network.yaml"):
@@ -378,3 +382,15 @@ def test_drift_reports_a_conflict_instead_of_raising(repo):
     sc = fleet.scan(repo.path, strict=False)
     f = access.drift_findings(sc.config, model(categories=cats), sc.files)
     assert [x["kind"] for x in f] == ["access_conflict"] and "hand-written" in f[0]["message"]
+
+
+def test_orphan_with_the_regex_of_an_earlier_hand_written_rule_is_not_confused_with_it(repo):
+    # A managed rule whose category is gone, shadowed by an earlier hand-written rule with the same regex.
+    text = open(repo.file(".sops.yaml")).read() + (
+        "  " + MARK + "old (edit the inventory, not this rule)\n"
+        "  - path_regex: sops/d1\\.yaml$\n    key_groups:\n      - age:\n          - *admin\n")
+    with open(repo.file(".sops.yaml"), "w") as fh:
+        fh.write(text)
+    with pytest.raises(access.AccessError, match="cannot remove the managed rule of category old .* the earlier rule "
+                                                 "at line 21 has the same path_regex"):
+        access.reconcile(SopsConfig.load(repo.file(".sops.yaml")), model())
