@@ -46,7 +46,7 @@ from . import fleet, vcs
 from . import sops as engine
 from .errors import NixfleetError
 from .fsutil import repo_lock
-from .sops_config import CreationRule, NoMatchingRuleError, SopsConfig, SopsConfigError, compile_path_regex
+from .sops_config import CreationRule, PathMatcher, SopsConfig, SopsConfigError, compile_path_regex
 from .sops_config.common import ANCHOR_NAME_RE
 
 MARKER = "# managed by nixfleet.sops access: category {name} (edit the inventory, not this rule)"
@@ -428,18 +428,41 @@ def _names(tokens: Iterable[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- files
+class _RuleLookup:
+    """The rule sops picks for each of many files: one rule list and one RE2 set per config text.
+
+    ``SopsConfig.rule_for`` rebuilds the list of rules on every call (O(rules)
+    per file: seconds for 2,000 rules x 2,000 files); this is the same first-match
+    lookup (``PathMatcher``, as the model uses) with the list taken once.
+    """
+
+    _last: tuple[tuple[str, str], _RuleLookup] | None = None
+
+    def __init__(self, config: SopsConfig) -> None:
+        self.rules = config.rules
+        self.matcher = PathMatcher([r.path_regex for r in self.rules]) if self.rules else None
+
+    @classmethod
+    def of(cls, config: SopsConfig) -> _RuleLookup:
+        """The lookup of ``config``'s current text (the last one is reused: before and after a no-op edit)."""
+        key = (config.path, config.text)
+        if cls._last is None or cls._last[0] != key:
+            cls._last = (key, cls(config))
+        return cls._last[1]
+
+    def __call__(self, rel: str) -> CreationRule | None:
+        i = self.matcher.first(rel) if self.matcher is not None else None
+        return self.rules[i] if i is not None else None
+
+
 def _rule_or_none(config: SopsConfig, rel: str) -> CreationRule | None:
-    if not config.rules:
-        return None
-    try:
-        return config.rule_for(rel)
-    except NoMatchingRuleError:
-        return None
+    return _RuleLookup.of(config)(rel)
 
 
 def rules_before(config: SopsConfig, rels: Iterable[str]) -> tuple[dict[str, CreationRule | None], set[int]]:
     """Per file the rule sops picks now, and the indexes of the managed rules (read before editing)."""
-    return {rel: _rule_or_none(config, rel) for rel in rels}, {r.index for r in managed_rules(config).values()}
+    lookup = _RuleLookup.of(config)
+    return {rel: lookup(rel) for rel in rels}, {r.index for r in managed_rules(config).values()}
 
 
 def _union(groups: Iterable[Iterable[str]]) -> set[str]:
@@ -470,8 +493,9 @@ def plan_files(
     orphaned: list[str] = []
     warnings: list[str] = []
     label = lambda rs: sorted(names.get(r, r) for r in rs)  # noqa: E731
+    rule_for = _RuleLookup.of(after)
     for rel, b in before.items():
-        a = _rule_or_none(after, rel)
+        a = rule_for(rel)
         was, now = b is not None and b.index in managed_before, a is not None and a.index in after_idx
         if not (was or now):
             continue
@@ -501,8 +525,6 @@ def plan_files(
 
 def _shadowed(after: SopsConfig, managed: Mapping[str, CreationRule], files: Iterable[str]) -> list[str]:
     """Files a managed rule's path_regex matches but an earlier rule takes (sops: first match wins)."""
-    from .sops_config import PathMatcher
-
     if not managed:
         return []
     names = list(managed)

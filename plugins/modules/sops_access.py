@@ -205,21 +205,30 @@ def main() -> None:
             sc = fleet.scan(p["repo"], strict=False)
             return access.drift_findings(sc.config, model(), sc.files)
 
-        findings = run_guarded(module, drift)
-        module.exit_json(changed=False, findings=findings,
+        findings = run_guarded(module, drift, **_invocation(p))
+        module.exit_json(changed=False, findings=findings, **_invocation(p),
                          msg=f"{len(findings)} access findings" if findings else "access in step with the inventory")
 
     def work():
         ids = fleet.collect_identities(**identity_options(p, module.warn))
         return access.run(p["repo"], model(), ids, module.check_mode, p["workers"], max(p["lock_timeout"], 0))
 
-    res = run_guarded(module, work)
+    res = run_guarded(module, work, **_invocation(p))
     out = dict(changed=res.changed, msg=res.summary(module.check_mode), **res.as_dict())
     if module._diff:
         out["diff"] = res.diff(p["repo"])
     for w in res.warnings:
         module.warn(w)
-    module.exit_json(**out)
+    module.exit_json(**out, **_invocation(p))
+
+
+def _invocation(params: dict) -> dict:
+    """The invocation echo, with the inventory-sized inputs (groups, per-host settings) summarised:
+    Ansible returns every parameter with the result, and for 2,000 hosts carrying them back costs seconds."""
+    big = ("groups", "host_categories", "host_users")
+    args = {k: v for k, v in params.items() if k not in big}
+    args.update({k: f"<{len(params[k] or {})} entries>" for k in big})
+    return {"invocation": {"module_args": args}}
 
 
 if __name__ == "__main__":
