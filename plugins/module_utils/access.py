@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import fleet, vcs
-from . import sops as engine
 from .errors import NixfleetError
 from .fsutil import repo_lock
 from .sops_config import CreationRule, PathMatcher, SopsConfig, SopsConfigError, compile_path_regex
@@ -428,41 +427,17 @@ def _names(tokens: Iterable[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- files
-class _RuleLookup:
-    """The rule sops picks for each of many files: one rule list and one RE2 set per config text.
-
-    ``SopsConfig.rule_for`` rebuilds the list of rules on every call (O(rules)
-    per file: seconds for 2,000 rules x 2,000 files); this is the same first-match
-    lookup (``PathMatcher``, as the model uses) with the list taken once.
-    """
-
-    _last: tuple[tuple[str, str], _RuleLookup] | None = None
-
-    def __init__(self, config: SopsConfig) -> None:
-        self.rules = config.rules
-        self.matcher = PathMatcher([r.path_regex for r in self.rules]) if self.rules else None
-
-    @classmethod
-    def of(cls, config: SopsConfig) -> _RuleLookup:
-        """The lookup of ``config``'s current text (the last one is reused: before and after a no-op edit)."""
-        key = (config.path, config.text)
-        if cls._last is None or cls._last[0] != key:
-            cls._last = (key, cls(config))
-        return cls._last[1]
-
-    def __call__(self, rel: str) -> CreationRule | None:
-        i = self.matcher.first(rel) if self.matcher is not None else None
-        return self.rules[i] if i is not None else None
-
-
 def _rule_or_none(config: SopsConfig, rel: str) -> CreationRule | None:
-    return _RuleLookup.of(config)(rel)
+    """The rule sops picks for ``rel`` (the model matches every path with one RE2 set, once per text)."""
+    try:
+        return config.rule_for(rel)
+    except SopsConfigError:
+        return None
 
 
 def rules_before(config: SopsConfig, rels: Iterable[str]) -> tuple[dict[str, CreationRule | None], set[int]]:
     """Per file the rule sops picks now, and the indexes of the managed rules (read before editing)."""
-    lookup = _RuleLookup.of(config)
-    return {rel: lookup(rel) for rel in rels}, {r.index for r in managed_rules(config).values()}
+    return {rel: _rule_or_none(config, rel) for rel in rels}, {r.index for r in managed_rules(config).values()}
 
 
 def _union(groups: Iterable[Iterable[str]]) -> set[str]:
@@ -493,9 +468,8 @@ def plan_files(
     orphaned: list[str] = []
     warnings: list[str] = []
     label = lambda rs: sorted(names.get(r, r) for r in rs)  # noqa: E731
-    rule_for = _RuleLookup.of(after)
     for rel, b in before.items():
-        a = rule_for(rel)
+        a = _rule_or_none(after, rel)
         was, now = b is not None and b.index in managed_before, a is not None and a.index in after_idx
         if not (was or now):
             continue
@@ -541,24 +515,19 @@ def _shadowed(after: SopsConfig, managed: Mapping[str, CreationRule], files: Ite
     return out
 
 
-def _metadata_reader(repo: str, warnings: list[str]) -> Any:
-    """``current_of`` for plan_files: a file's recipients per key group from its sops metadata only."""
+def _plan_reader(plan: fleet.Plan, warnings: list[str]) -> Any:
+    """``current_of`` for plan_files: a file's recipients per key group, as the plan read them (once)."""
+    broken = {u["path"]: u["error"] for u in plan.unreadable}
 
     def current_of(rel: str) -> list[list[str]] | None:
-        try:
-            return [list(g) for g in engine.load(os.path.join(repo, rel)).recipients]
-        except engine.SopsNotEncryptedError:
-            return None
-        except engine.SopsError as exc:
-            warnings.append(f"{rel}: left alone, its sops metadata cannot be read ({exc.message})")
-            return None
+        fp = plan.by_rel.get(rel)
+        if fp is not None:
+            return [list(g) for g in fp.current]
+        if rel in broken:
+            warnings.append(f"{rel}: left alone, its sops metadata cannot be read ({broken[rel]})")
+        return None
 
     return current_of
-
-
-def _exact(rels: Iterable[str]) -> str:
-    """A (Python) regex matching exactly these relative paths (fleet's include/path_regex filters)."""
-    return "^(?:" + "|".join(re.escape(r) for r in sorted(rels)) + ")$"
 
 
 # --------------------------------------------------------------------------- the operation
@@ -633,6 +602,11 @@ class AccessResult:
         return out
 
 
+def _job(fp: fleet.FilePlan, rotate: bool) -> fleet.Job:
+    """The file brought to its edited rule, and its data key renewed when it lost a reader."""
+    return fleet.Job(fp.path, fp.rel, fp.wanted, fp.wanted_threshold, fp.foreign, rotate=rotate)
+
+
 def run(
     repo: str,
     model: AccessModel,
@@ -646,10 +620,10 @@ def run(
     Under the repository lock (not in check mode) for the whole
     read-modify-write. Plans first (the edited config in memory, each file's
     metadata); then records the paths it will write (``vcs.record_pending``),
-    rekeys the changed files against the edited config (one ``fleet.rekey``),
-    rotates the data keys of files that lost a recipient (one ``fleet.rotate``)
-    and writes ``.sops.yaml`` last: a run stopped earlier leaves the old rules,
-    so the next run finds the same losses and rotates again. Check mode runs
+    brings each changed file to its edited rule and renews the data key of each
+    file that lost a recipient, in one write per file, and writes ``.sops.yaml``
+    last: a run stopped earlier leaves the old rules, so the next run finds the
+    same losses and rotates again. Check mode runs
     the same planning and the fleet operations in check mode (they prove the
     identities open those files) and writes nothing. The caller commits
     ``changed_files`` once.
@@ -663,29 +637,28 @@ def run(
     with lock:
         config = SopsConfig.load(cfg_path)
         original = config.text
-        before, managed_before = rules_before(config, config.iter_files())
+        plan = fleet.Plan.scan(repo, config, workers=workers, strict=False)  # one walk, one read of each file
+        before, managed_before = rules_before(config, [st.rel for st in plan.states])
         names = {a.recipient: n for n, a in config.anchors().items()}
         rec = reconcile(config, model)
         warnings: list[str] = []
-        changes, shadow = plan_files(rec.config, before, managed_before, _metadata_reader(repo, warnings), names)
+        changes, shadow = plan_files(rec.config, before, managed_before, _plan_reader(plan, warnings), names)
         warnings += shadow
-        rekey_rels = [c["path"] for c in changes if c["rekey"]]
-        rotate_rels = [c["path"] for c in changes if c["rotated"]]
+        after = plan.with_config(rec.config)
+        jobs = [_job(after.by_rel[c["path"]], c["rotated"]) for c in changes]
+        staged = fleet.run_jobs(jobs, tuple(identities) if identities is not None else None, check_mode, workers,
+                                root=repo)
+        fleet.refuse_failures("access", staged, False)
+        written = set(staged.changed)
+        rotated = [j.rel for j in jobs if j.rotate and j.rel in written]
         cfg_changed = rec.config.text != original
         if not check_mode:
-            vcs.record_pending(repo, ([fleet.CONFIG_NAME] if cfg_changed else []) + sorted({*rekey_rels, *rotate_rels}))
-        written: set[str] = set()
-        if rekey_rels:
-            rk = fleet.rekey(repo, identities, include=[_exact(rekey_rels)], check_mode=check_mode,
-                             config=rec.config, workers=workers)
-            written.update(rk.changed_files)
-        rotated: list[str] = []
-        if rotate_rels:
-            rotated = fleet.rotate(repo, identities, path_regex=_exact(rotate_rels), check_mode=check_mode,
-                                   workers=workers).changed_files
-            written.update(rotated)
-        if cfg_changed and not check_mode:
-            rec.config.save()
+            # Files first, .sops.yaml last: a run stopped between them leaves the old rules, so the
+            # next run finds the same losses and rotates again.
+            fleet.publish(repo, "access", staged.pairs)
+            if cfg_changed:
+                vcs.record_pending(repo, [fleet.CONFIG_NAME])
+                rec.config.save()
     return AccessResult(
         rules=rec.rules,
         changes=changes,
