@@ -383,7 +383,11 @@ def ensure_host_keys(
     if check_mode:
         res.config_after = _mask_new(res.config_after, keys)
     else:
-        fleet.publish(repo, "bootstrap", sink.staged + staged.pairs)
+        try:
+            fleet.publish(repo, "bootstrap", sink.staged + staged.pairs)
+        except BaseException:
+            remove_made_dirs(made)  # publish put nothing in place (else it says what is new)
+            raise
     res.public = _public(spec, keys, check_mode)
     return res
 

@@ -452,8 +452,12 @@ def publish(repo: str, what: str, pairs: list[tuple[str, str]], record: bool = T
         discard_staged([tmp for tmp, _ in pairs])
         raise FleetError(f"{what} refused: {outside[0]} is outside the repository {repo} (a symlink in the "
                          "repository leads there); nothing was written. Replace the link with the file itself.")
-    if record:
-        vcs.record_pending(repo, [target for _, target in pairs])
+    try:
+        if record:
+            vcs.record_pending(repo, [target for _, target in pairs])
+    except BaseException:
+        discard_staged([tmp for tmp, _ in pairs])
+        raise
     try:
         commit_all(pairs)
     except PartialCommitError as exc:

@@ -17,7 +17,7 @@ import yaml
 
 from .age import parse_ssh_public_key, validate_recipient
 from .errors import NixfleetError
-from .fsutil import UnsafePathError, atomic_write, make_dirs, read_regular
+from .fsutil import UnsafePathError, atomic_write, make_dirs, read_regular, remove_made_dirs
 from .sops_config import check_anchor_name
 
 INVENTORY_PATH = os.path.join(".nixfleet", "keys.yaml")
@@ -206,8 +206,12 @@ class Inventory:
         if not self.changed:
             return False
         if not check_mode:
-            make_dirs(os.path.dirname(self.path), 0o755)
-            atomic_write(self.path, self.text, default_mode=0o644)
+            made = make_dirs(os.path.dirname(self.path), 0o755)
+            try:
+                atomic_write(self.path, self.text, default_mode=0o644)
+            except BaseException:
+                remove_made_dirs(made)
+                raise
             self.original = self.text
         return True
 

@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import age, sshkeys
-from .fsutil import KEY_FILE_LIMIT, UnsafePathError, atomic_write, ensure_private_dir, read_regular
+from .fsutil import (
+    KEY_FILE_LIMIT,
+    UnsafePathError,
+    commit_all,
+    discard_staged,
+    make_dirs,
+    read_regular,
+    remove_made_dirs,
+    resolve_write_target,
+    stage_write,
+)
 
 
 @dataclass
@@ -49,12 +59,31 @@ def _read_private(path: str) -> str:
         raise age.AgeKeyError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def _prepare_parent(path: str, check_mode: bool, result: KeyResult) -> None:
+def _prepare_parent(path: str, check_mode: bool, result: KeyResult) -> list[str]:
+    """The key's directory, made 0700 when missing; returns the directories made."""
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         result.actions.append(f"create directory {parent} (0700)")
         if not check_mode:
-            ensure_private_dir(parent)
+            return make_dirs(parent, 0o700)
+    return []
+
+
+def _write_together(path: str, writes: list[tuple[str, bytes, int]], check_mode: bool, result: KeyResult) -> None:
+    """The private key and its .pub land together or not at all (and a directory made for them goes again)."""
+    made = _prepare_parent(path, check_mode, result)
+    if check_mode:
+        return
+    staged: list[tuple[str, str]] = []
+    try:
+        for target, data, mode in writes:
+            staged.append((stage_write(target, data, mode=mode, private=not mode & 0o077),
+                           resolve_write_target(target)))
+        commit_all(staged)
+    except BaseException:
+        discard_staged([tmp for tmp, _ in staged])
+        remove_made_dirs(made)
+        raise
 
 
 def _remove(paths: list[str], check_mode: bool, result: KeyResult) -> KeyResult:
@@ -116,9 +145,7 @@ def ensure_age_keypair(
         identity = wanted or age.generate_identity()
         result.changed = True
         result.actions.append(("replace " if os.path.exists(path) else "create ") + path)
-        _prepare_parent(path, check_mode, result)
-        if not check_mode:
-            atomic_write(path, age.format_identity_file(identity), mode=0o600, private=True)
+        _write_together(path, [(path, age.format_identity_file(identity).encode(), 0o600)], check_mode, result)
 
     recipient = age.recipient_from_identity(identity)
     result.after = {"recipient": recipient}
@@ -149,6 +176,7 @@ def ensure_ssh_keypair(
         return _remove([path, pub_path], check_mode, result)
 
     keypair: sshkeys.Ed25519Keypair | None = None
+    writes: list[tuple[str, bytes, int]] = []
     if os.path.exists(path) and regenerate != "always":
         try:
             keypair = sshkeys.from_private(_read_private(path))
@@ -163,16 +191,13 @@ def ensure_ssh_keypair(
             )
             result.changed = True
             result.actions.append(f"set comment of {path}")
-            if not check_mode:
-                atomic_write(path, keypair.private_pem, mode=0o600, private=True)
+            writes.append((path, keypair.private_pem, 0o600))
 
     if keypair is None:
         keypair = sshkeys.generate(comment)
         result.changed = True
         result.actions.append(("replace " if os.path.exists(path) else "create ") + path)
-        _prepare_parent(path, check_mode, result)
-        if not check_mode:
-            atomic_write(path, keypair.private_pem, mode=0o600, private=True)
+        writes.append((path, keypair.private_pem, 0o600))
 
     current_pub = None
     if os.path.exists(pub_path):
@@ -180,8 +205,9 @@ def ensure_ssh_keypair(
     if current_pub != keypair.public_line:
         result.changed = True
         result.actions.append(f"write {pub_path}")
-        if not check_mode:
-            atomic_write(pub_path, keypair.public_line + "\n", mode=0o644)
+        writes.append((pub_path, (keypair.public_line + "\n").encode(), 0o644))
+    if writes:
+        _write_together(path, writes, check_mode, result)
 
     result.after = {"public_key": keypair.public_line, "age_recipient": keypair.age_recipient}
     result.public = dict(result.after)
