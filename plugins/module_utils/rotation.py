@@ -34,6 +34,7 @@ idempotent, so a re-run simply does them again.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import os
@@ -447,11 +448,10 @@ def begin(repo: str, spec: RotationSpec, identities: Any = None, check_mode: boo
 
 
 # --------------------------------------------------------------------------- verification
-def _open_alone(path: str, identity: str, keypaths: list[list[str]]) -> str | None:
-    """Why ``identity`` alone cannot open ``path`` and read each key path (None when it can)."""
+def _open_alone(sf: engine.SopsFile, identity: str, keypaths: list[list[str]]) -> str | None:
+    """Why ``identity`` alone cannot open ``sf`` and read each key path (None when it can)."""
     try:
-        sf = engine.SopsFile.open(path).unlock(engine.keyring([identity]))
-        sf.documents()
+        sf.unlock(engine.keyring([identity])).documents()
         for keypath in keypaths:
             if keypath and sf.store.structured:
                 sf.get(keypath)
@@ -460,46 +460,73 @@ def _open_alone(path: str, identity: str, keypaths: list[list[str]]) -> str | No
     return None
 
 
-def _manifest_files(repo: str, secrets: list[dict[str, Any]], sops_files: list[str]) -> dict[str, list[list[str]]]:
-    """Each manifest ``sopsFile`` mapped into the repository, with the key paths its secrets read."""
+def _manifest_keypaths(secrets: list[dict[str, Any]], sops_files: list[str]) -> dict[str, list[list[str]]]:
+    """Each ``sopsFile`` of the host's manifest with the key paths its secrets read (``/``-separated)."""
+    wanted: dict[str, list[list[str]]] = {f: [] for f in sops_files if f}
+    for s in secrets:
+        if isinstance(s, dict) and s.get("sopsFile"):
+            paths = wanted.setdefault(str(s["sopsFile"]), [])
+            if s.get("key"):
+                paths.append(str(s["key"]).split("/"))
+    return wanted
+
+
+def _repo_files(repo: str, manifest: dict[str, list[list[str]]]) -> dict[str, list[list[str]]]:
+    """The manifest's ``sopsFile`` store paths mapped into the repository (sops_nix.sops_files)."""
     from .sops_nix.report import VerifyError
     from .sops_nix.sops_files import map_sops_file
 
-    wanted: dict[str, list[list[str]]] = {}
-    entries = [(s.get("sopsFile") or "", str(s.get("key") or "")) for s in secrets if isinstance(s, dict)]
-    entries += [(f, "") for f in sops_files]
-    for store_path, key in entries:
-        if not store_path:
-            continue
+    out: dict[str, list[list[str]]] = {}
+    for store_path, keypaths in manifest.items():
         try:
-            local = map_sops_file(store_path, repo)
+            out.setdefault(map_sops_file(store_path, repo), []).extend(keypaths)
         except VerifyError as exc:
             raise RotationError(f"the host's manifest names {store_path}, which is not in the secrets repository "
                                 f"({exc}); point nixfleet_secrets_repo at the repository the host is built "
                                 "from") from None
-        paths = wanted.setdefault(local, [])
-        if key:
-            paths.append(key.split("/"))
-    return wanted
+    return out
+
+
+def _check_deployed(identity: str, manifest: dict[str, list[list[str]]], deployed: dict[str, str],
+                    faults: list[str], checked: list[dict[str, Any]]) -> None:
+    """The copies the host's current system deploys (read from the host) open with the new key alone.
+
+    Phase 2 takes the old key off the host: from then on sops-nix has only the
+    new one, so the files of the system the host runs must already be readable
+    by it (deployed after phase 1's rekey).
+    """
+    for store_path, text in sorted(deployed.items()):
+        try:
+            why = _open_alone(engine.SopsFile(store_path, base64.b64decode(text)), identity,
+                              manifest.get(store_path, []))
+        except (ValueError, engine.SopsError) as exc:
+            why = getattr(exc, "message", None) or str(exc)
+        if why:
+            faults.append(f"{store_path} (deployed on the host): {why}; deploy the rekeyed secrets "
+                          "(nixos-rebuild switch with the updated secrets input) and run again")
+        checked.append({"path": store_path, "kind": "host", "deployed": True,
+                        "key_paths": len(manifest.get(store_path, [])), "ok": not why})
 
 
 def verify(repo: str, host: str, identities: Any = None, secrets: list[dict[str, Any]] | None = None,
-           sops_files: list[str] | None = None) -> RotationResult:
+           sops_files: list[str] | None = None, deployed: dict[str, str] | None = None) -> RotationResult:
     """The new keys alone open what the host needs: decrypted in memory, nothing written or returned.
 
     For the host and user keys: every file the old key can read (every file
     the host's key can read, after phase 2) opens with the new identity alone;
     for the host key also every ``sopsFile`` of the host's sops-nix manifest
-    (``secrets``/``sops_files`` as the verifier reports them), with every key
-    path a secret reads. RotationError lists each file that does not.
+    (``secrets``/``sops_files`` as the verifier reports them) with every key
+    path a secret reads, both as the repository holds it and as the host's
+    current system deploys it (``deployed``: store path -> base64 of the copy
+    read from the host). RotationError lists each file that does not open.
     """
     repo = os.path.abspath(repo)
     j = load_journal(repo, host)
     if j is None:
         raise RotationError(f"{host}: no key rotation in progress to verify")
     plan = fleet.Plan.scan(repo)
-    cs = Changeset(plan, identities, True, "rotate_keys verify", RotationError)
-    keys = _stored_new(cs, j)
+    keys = _stored_new(Changeset(plan, identities, True, "rotate_keys verify", RotationError), j)
+    manifest = _manifest_keypaths(secrets or [], sops_files or [])
     faults: list[str] = []
     checked: list[dict[str, Any]] = []
     for kind in ("host", "user"):
@@ -510,21 +537,24 @@ def verify(repo: str, host: str, identities: Any = None, secrets: list[dict[str,
         assert identity is not None
         reader = j.old[kind] if j.state == PHASE1 else j.new[kind]
         wanted: dict[str, list[list[str]]] = {fp.path: [] for fp in plan.select(recipient=reader)}
-        if kind == "host":
-            for path, keypaths in _manifest_files(repo, secrets or [], sops_files or []).items():
-                wanted.setdefault(path, []).extend(keypaths)
+        for path, keypaths in (_repo_files(repo, manifest) if kind == "host" else {}).items():
+            wanted.setdefault(path, []).extend(keypaths)
         for path, keypaths in sorted(wanted.items()):
-            why = _open_alone(path, identity, keypaths)
+            why = _open_alone(engine.SopsFile.open(path), identity, keypaths)
             rel = os.path.relpath(path, repo)
             if why:
                 faults.append(f"{rel}: {why}")
             checked.append({"path": rel, "kind": kind, "key_paths": len(keypaths), "ok": not why})
+        if kind == "host":
+            _check_deployed(identity, manifest, deployed or {}, faults, checked)
     if faults:
         raise RotationError(f"{host}: the new key alone cannot open {len(faults)} file(s) the host needs, so phase 2 "
-                            f"would break it: {'; '.join(faults[:10])}. Rekey (playbooks/rekey.yml) and run the "
-                            "rotation again, or abort it (-e nixfleet_rotate_abort=true)")
-    return _from_journal(j, f"{host}: the new {', '.join(k for k in j.kinds if k != 'deploy') or 'deploy'} "
-                            f"key(s) alone open the {len(checked)} file(s) the host needs", checked=checked)
+                            f"would break it: {'; '.join(faults[:10])}. Rekey (playbooks/rekey.yml) or deploy as "
+                            "said, and run the rotation again; or roll it back (-e nixfleet_rotate_abort=true)")
+    what = ", ".join(k for k in j.kinds if k != "deploy")
+    msg = (f"{host}: the new {what} key(s) alone open the {len(checked)} file(s) the host needs" if what else
+           f"{host}: deploy keys open no sops file; the new ones are checked on the host")
+    return _from_journal(j, msg, checked=checked)
 
 
 def _stored_new(cs: Changeset, j: Journal) -> _Keys:

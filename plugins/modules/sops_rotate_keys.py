@@ -18,7 +18,8 @@ description:
     rotation already in progress is continued, not started again (RV(resumed)).
   - V(verify) proves that the new keys alone open what the host needs - every file the old key can read, and every
     C(sopsFile) of the host's sops-nix manifest with each key path its secrets read (O(secrets), O(sops_files), as
-    M(nixfleet.sops.sops_nix_verify) reports them) - decrypting in memory only.
+    M(nixfleet.sops.sops_nix_verify) reports them), in the repository and as the host's current system deploys
+    them (O(deployed)) - decrypting in memory only.
   - V(2) gives C(&<anchor>) the new recipient, removes the C(_next) anchor and its aliases, rekeys every file the
     old key could read and gives it a new data key, moves the new keys into place in the repository and records the
     rotation in the key inventory. A deploy-key rotation needs O(forge_ready) (the new public keys are at the forge).
@@ -77,6 +78,14 @@ options:
     type: list
     elements: str
     default: []
+  deployed:
+    description:
+      - For O(phase=verify), the copies of the manifest's C(sopsFile) paths the host's current system deploys, read
+        from the host (store path to base64 content, as M(ansible.builtin.slurp) returns it; encrypted files). Each
+        must open with the new host key alone before phase 2 takes the old key off the host; a copy that does not
+        means the rekeyed secrets are not deployed yet.
+    type: dict
+    default: {}
   lock_timeout:
     description: Seconds to wait for the repository lock while another run holds it.
     type: int
@@ -198,6 +207,7 @@ def main() -> None:
             forge_ready=dict(type="bool", default=False),
             secrets=dict(type="list", elements="dict", default=[]),
             sops_files=dict(type="list", elements="str", default=[]),
+            deployed=dict(type="dict", default={}),
             lock_timeout=dict(type="int", default=600),
             **IDENTITY_ARGS,
         ),
@@ -218,7 +228,7 @@ def main() -> None:
                 spec = rotation.RotationSpec(host=host, kinds=kinds, user=p["user"], deploy_repos=repos)
                 return rotation.begin(repo, spec, ids, check)
             if phase == "verify":
-                return rotation.verify(repo, host, ids, p["secrets"], p["sops_files"])
+                return rotation.verify(repo, host, ids, p["secrets"], p["sops_files"], p["deployed"])
             if phase == "2":
                 return rotation.switch(repo, host, ids, check, p["forge_ready"])
             if phase == "finish":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import os
 import signal
@@ -124,6 +125,18 @@ def test_host_key_rotation_end_to_end(repo, tmp_path, sops_bin):
 
     checked = rotation.verify(repo.path, HOST, repo.admin)
     assert {c["path"] for c in checked.checked} == readable_before and all(c["ok"] for c in checked.checked)
+    # The host's manifest: a secret in shared.yaml, as its current system deploys the file (a store copy).
+    store = "/nix/store/" + "a" * 32 + "-source/sops/shared.yaml"
+    secrets = [{"name": "wifi", "key": "shared/wifi", "sopsFile": store, "format": "yaml"}]
+    now_deployed = {store: base64.b64encode(open(repo.file("sops/shared.yaml"), "rb").read()).decode()}
+    checked = rotation.verify(repo.path, HOST, repo.admin, secrets, [store], now_deployed)
+    assert {"path": store, "kind": "host", "deployed": True, "key_paths": 1, "ok": True} in checked.checked
+    stale = {store: base64.b64encode(bytes_before["sops/shared.yaml"]).decode()}  # not redeployed since phase 1
+    with pytest.raises(rotation.RotationError, match="deployed on the host.*deploy the rekeyed secrets"):
+        rotation.verify(repo.path, HOST, repo.admin, secrets, [store], stale)
+    missing = [dict(secrets[0], key="shared/nope")]
+    with pytest.raises(rotation.RotationError, match="shared/nope"):
+        rotation.verify(repo.path, HOST, repo.admin, missing, [store], now_deployed)
 
     time.sleep(1.1)  # lastmodified has one-second resolution
     two = rotation.switch(repo.path, HOST, repo.admin)
