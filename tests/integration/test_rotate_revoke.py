@@ -134,3 +134,44 @@ def test_audit_fails_on_a_key_past_the_policy(repo, tmp_path):
     assert bad.rc != 0
     assert "1 key(s) past nixfleet_key_max_age_days: host key &griefling is 40 days old (policy: 30)" in bad.stdout
     assert "nixfleet_rotate=due" in bad.stdout
+
+
+def test_rotate_keys_playbook_killed_then_rolled_back(repo, tmp_path):
+    """rotate_keys.yml on a host whose root is a local directory: phase 1 and its host steps, a kill where phase 2
+    starts, then -e nixfleet_rotate_abort=true puts the old keys back everywhere (repository, host, known_hosts)."""
+    root = tmp_path / "hosts" / "griefling"
+    bootstrap.stage_extra_files(repo.path, "griefling", "rain", str(root), deploy_repos=["nix-config"],
+                                identities=[repo.identities["admin"]])
+    known = tmp_path / "known_hosts"
+    old_pub = (root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[:2]
+    known.write_text(f"griefling.test {' '.join(old_pub)}\n")
+    host = {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+            "nixfleet_primary_user": "rain", "nixfleet_deploy_repos": ["nix-config"], "nixfleet_install_method": "push",
+            "nixfleet_target_root": str(root), "nixfleet_known_hosts_file": str(known),
+            "nixfleet_address": "griefling.test", "install_set_owner": False}
+    inv = {"all": {"vars": {"nixfleet_secrets_repo": repo.path, "nixfleet_identity_files": [repo.keyfile("admin")]},
+                   "hosts": {"localhost": {"ansible_connection": "local",
+                                           "ansible_python_interpreter": "{{ ansible_playbook_python }}"}},
+                   "children": {"nixos": {"hosts": {"griefling": host}}}}}
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump(inv))
+    key_txt = root / "var/lib/sops-nix/key.txt"
+    old_key_txt, config = key_txt.read_text(), open(repo.file(".sops.yaml")).read()
+
+    killed = run_playbook("rotate_keys.yml", {"nixfleet_rotate": "host", "nixfleet_rotate_verify_host": False},
+                          inventory=str(inventory), env={"NIXFLEET_FAILPOINTS": "rotation.switch:kill"})
+    assert killed.rc != 0 and "phase 1 of 2" in killed.stdout, killed.stdout[-3000:]
+    assert "alone open the 2 file(s)" in killed.stdout
+    assert key_txt.read_text().count("AGE-SECRET-KEY-1") == 2 and (root / "etc/ssh/ssh_host_ed25519_key.next").exists()
+    assert len(known.read_text().splitlines()) == 2, "both host keys are trusted during the rotation"
+    assert git(repo.path, "log", "-1", "--format=%s") == \
+        "chore(sops): rotate griefling host keys, phase 1 of 2: new keys beside the old ones"
+
+    back = run_playbook("rotate_keys.yml", {"nixfleet_rotate_abort": True}, inventory=str(inventory))
+    assert back.rc == 0, back.stdout[-3000:]
+    assert open(repo.file(".sops.yaml")).read() == config
+    assert key_txt.read_text() == old_key_txt
+    assert not list(root.rglob("*.next")) and not list(root.rglob("*.next.pub"))
+    assert known.read_text() == f"griefling.test {' '.join(old_pub)}\n"
+    assert git(repo.path, "log", "-1", "--format=%s") == "chore(sops): roll back the rotation of griefling host keys"
+    assert git(repo.path, "status", "--porcelain") == ""
