@@ -204,10 +204,22 @@ def _own_files(cs: Changeset, plan: Plan, spec: RevokeSpec, rules: list[str], re
     return out
 
 
-def _exposure(repo: str, plan: Plan, recipients: set[str], anchors: list[str]) -> list[dict[str, Any]]:
-    """Every file and key path the host's keys could read, now and at any commit (blast radius)."""
+def _exposure(repo: str, plan: Plan, recipients: set[str], anchors: list[str],
+              warnings: list[str]) -> list[dict[str, Any]]:
+    """Every file and key path the host's keys could read, now and at any commit (blast radius).
+
+    ``anchors`` includes the ``_next`` anchors of rotations whose keys were put
+    on the host (an aborted one's too): what those could read counts.
+    """
     current = {fp.rel: sorted(fp.readers) for fp in plan.files}
-    found = {fx.path: fx.as_dict() for fx in history.blast_radius(repo, recipients, anchors=anchors, current=current)}
+    names = list(dict.fromkeys([*anchors, *(a + NEXT_ANCHOR for a in anchors if not a.endswith(NEXT_ANCHOR))]))
+    try:
+        radius = history.blast_radius(repo, recipients, anchors=names, current=current)
+    except history.HistoryError as exc:
+        warnings.append(f"the repository's history could not be read ({exc}): the report lists what the host "
+                        "can read now only")
+        radius = []
+    found = {fx.path: fx.as_dict() for fx in radius}
     for fp in plan.files:
         if fp.rel in found or not fp.readers & recipients:
             continue
@@ -253,7 +265,7 @@ def revoke(repo: str, spec: RevokeSpec, identities: Any = None, check_mode: bool
         inventory.remove(anchor)
     if inventory.changed:
         cs.write_text(keyinventory.INVENTORY_PATH, inventory.text)
-    res.exposure = _exposure(repo, plan, recipients, names)
+    res.exposure = _exposure(repo, plan, recipients, names, res.warnings)
     cs.stage(rotate_lost=True)
     if not check_mode:
         cs.publish()

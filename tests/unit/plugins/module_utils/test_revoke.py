@@ -159,3 +159,13 @@ def test_revoke_archive_check_mode_and_rotation_in_progress(history_repo, sops_b
     assert sops_decrypt(sops_bin, repo.file(archived), keys["user"]).returncode != 0
     assert "_next" not in open(repo.file(".sops.yaml")).read()
     assert not os.path.exists(repo.file(".nixfleet/rotations/griefling.yaml"))
+
+
+def test_revoke_without_git_history_reports_what_it_can_read_now(tmp_path):
+    repo = make_repo(str(tmp_path), hosts=("alpha", "beta"), git=False)
+    admin = [repo.identities["admin"]]
+    res = revoke.revoke(repo.path, revoke.RevokeSpec(host="beta"), admin)
+    assert any("history could not be read" in w for w in res.warnings)
+    assert {fx["path"] for fx in res.exposure} == {"sops/shared.yaml", "sops/beta.yaml"}
+    assert all(fx["first_commit"] == "(not committed)" for fx in res.exposure)
+    assert "beta" not in SopsConfig.load(repo.file(".sops.yaml")).anchors()
