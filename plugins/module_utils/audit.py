@@ -32,7 +32,7 @@ FIXES = {
     "ssh_recipient": "replace it with its age1… form (nixfleet.sops.ssh_to_age): sops-nix's converted host key "
     "cannot open files encrypted to a raw SSH recipient",
     "host_without_key": "bootstrap the host: ansible-playbook playbooks/bootstrap.yml -l HOST",
-    "key_too_old": "rotate the key (playbooks/rotate.yml for data keys; regenerate and rekey for host/user keys)",
+    "key_too_old": "rotate it: ansible-playbook playbooks/rotate_keys.yml -l HOST -e nixfleet_rotate=due",
     "break_glass_missing": "add the break-glass anchor to every rule and rekey (playbooks/break_glass.yml)",
     "broken_stanza": "run playbooks/rekey.yml: it wraps the data key again for every recipient (as sops updatekeys)",
     "host_recipient_unusable": "give the host its SSH host key's age1… recipient (nixfleet.sops.ssh_to_age) or an "

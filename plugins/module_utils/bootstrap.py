@@ -31,31 +31,29 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import age, breakglass, failpoints, fleet, keyinventory, secrets, sshkeys
+from . import age, breakglass, failpoints, fleet, keyinventory, sshkeys
 from . import sops as engine
-from .errors import NixfleetError
-from .fsutil import (
-    CONFIG_LIMIT,
-    atomic_write,
-    ensure_private_dir,
-    make_dirs,
-    read_regular,
-    remove_made_dirs,
-    walk_files,
-)
+from .changeset import Changeset, ChangesetError, open_existing, value_at
+from .fsutil import CONFIG_LIMIT, atomic_write, ensure_private_dir, read_regular, walk_files
 from .sops_config import SopsConfig, check_anchor_name
 
 HOST_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 HOST_KEY_NAME = "ssh_host_ed25519_key"
+# Where a host's keys live in sops/<host>.yaml, and the suffix of a new key a rotation in progress keeps
+# beside the current one (rotation.py): ssh_host_ed25519_key.next, keys/age-next, deploy-keys-next/<repo>.
+USER_KEY = ("keys", "age")
+USER_KEY_NEXT = ("keys", "age-next")
+DEPLOY_KEYS = "deploy-keys"
+DEPLOY_KEYS_NEXT = "deploy-keys-next"
+NEXT = ".next"
 
 
-class BootstrapError(NixfleetError, ValueError):
+class BootstrapError(ChangesetError):
     """Bad input or a repository state bootstrap must not paper over; names host, file and fix."""
 
 
@@ -81,6 +79,26 @@ def validate_repo_name(name: Any, host: str) -> str:
     if not isinstance(name, str) or not REPO_RE.match(name) or name in (".", ".."):
         raise BootstrapError(f"{host}: deploy key repository {name!r} is not a valid name (e.g. nix-config)")
     return name
+
+
+def host_file(host: str) -> str:
+    """The host's own sops file (user key, deploy keys, its secrets), relative to the repository."""
+    return f"sops/{host}.yaml"
+
+
+def host_key_file(host: str) -> str:
+    """The file holding the host's private SSH key, for admins only."""
+    return f"sops/host-keys/{host}.yaml"
+
+
+def host_rule(host: str) -> str:
+    """``path_regex`` of the rule bootstrap creates for :func:`host_file`."""
+    return rf"sops/{re.escape(host)}\.yaml$"
+
+
+def host_key_rule(host: str) -> str:
+    """``path_regex`` of the rule bootstrap creates for :func:`host_key_file` (admins only)."""
+    return rf"sops/host-keys/{re.escape(host)}\.yaml$"
 
 
 @dataclass
@@ -118,19 +136,19 @@ class HostSpec:
 
     @property
     def host_file(self) -> str:
-        return f"sops/{self.host}.yaml"
+        return host_file(self.host)
 
     @property
     def host_key_file(self) -> str:
-        return f"sops/host-keys/{self.host}.yaml"
+        return host_key_file(self.host)
 
     @property
     def host_rule(self) -> str:
-        return rf"sops/{re.escape(self.host)}\.yaml$"
+        return host_rule(self.host)
 
     @property
     def host_key_rule(self) -> str:
-        return rf"sops/host-keys/{re.escape(self.host)}\.yaml$"
+        return host_key_rule(self.host)
 
 
 @dataclass
@@ -154,50 +172,10 @@ class BootstrapResult:
 
 def _read_existing(path: str, keypath: list[str], identities: Any) -> str | None:
     """The value at keypath, None when the file or key path is absent; an unopenable file is an error."""
-    sf = _open_existing(path, identities)
-    return None if sf is None else _value(sf, keypath)
+    return value_at(open_existing(path, identities, error=BootstrapError), keypath)
 
 
-def _check_trusted(path: str, repo: str) -> None:
-    """A key file bootstrap would adopt must be one the repository's owner (or root) wrote.
-
-    Otherwise a local user who can write into the repository could plant a
-    host key encrypted to the admin's public recipient and have it adopted.
-    """
-    st = os.lstat(path)
-    trusted = {0, os.geteuid(), os.stat(repo).st_uid}
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode) or st.st_uid not in trusted or st.st_mode & 0o022:
-        raise BootstrapError(
-            f"{path} is not a regular file owned by you, root or the repository's owner and writable only by them "
-            f"(uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): refusing to trust the keys in it; check who "
-            "wrote it (git log, git status) and remove or fix it")
-
-
-def _open_existing(path: str, identities: Any, repo: str | None = None) -> engine.SopsFile | None:
-    """``path`` opened once and decrypted with the admin identities, or None when it does not exist."""
-    if not os.path.lexists(path):
-        return None
-    if repo is not None:
-        _check_trusted(path, repo)
-    sf = engine.SopsFile.open(path).unlock(identities)
-    try:
-        sf.documents()
-    except engine.SopsNoIdentityError as exc:
-        raise BootstrapError(
-            f"{path} exists but no admin identity opens it, so its keys cannot be reused and will not be "
-            f"replaced: {exc}. Give the admin identity (SOPS_AGE_KEY_FILE or identity_files)."
-        ) from None
-    return sf
-
-
-def _value(sf: engine.SopsFile | None, keypath: list[str]) -> str | None:
-    if sf is None:
-        return None
-    try:
-        value = sf.get(keypath)
-    except engine.SopsKeyPathError:
-        return None
-    return value if isinstance(value, str) else None
+_value = value_at
 
 
 def _parse_stored(parse: Any, rel: str, keypath: str) -> Any:
@@ -265,7 +243,7 @@ def _host_keys(spec: HostSpec, key_sf: engine.SopsFile | None, host_sf: engine.S
     generated: list[str] = []
     reused: list[str] = []
     host_kp = _host_key(spec, key_sf, config, [generated, reused])
-    user = None if "user" in spec.regenerate else _value(host_sf, ["keys", "age"])
+    user = None if "user" in spec.regenerate else _value(host_sf, list(USER_KEY))
     if user:
         user = _parse_stored(lambda: age.validate_identity(user), spec.host_file, "keys/age")
         reused.append("user key")
@@ -274,7 +252,7 @@ def _host_keys(spec: HostSpec, key_sf: engine.SopsFile | None, host_sf: engine.S
         generated.append("user key")
     deploy: dict[str, sshkeys.Ed25519Keypair] = {}
     for name in spec.deploy_repos:
-        pem = None if "deploy" in spec.regenerate else _value(host_sf, ["deploy-keys", name])
+        pem = None if "deploy" in spec.regenerate else _value(host_sf, [DEPLOY_KEYS, name])
         if pem:
             deploy[name] = _parse_stored(lambda pem=pem: sshkeys.from_private(pem), spec.host_file,
                                          f"deploy-keys/{name}")
@@ -304,18 +282,6 @@ def _register(config: SopsConfig, repo: str, spec: HostSpec, keys: HostKeys) -> 
     return config.text != before
 
 
-def _fill(sf: engine.SopsFile | None, path: str, config: SopsConfig, values: dict[tuple[str, ...], str]
-          ) -> engine.SopsFile:
-    """The host's file with ``values``, at the recipients its rule names: created, or changed in place."""
-    if sf is None:
-        sf = secrets.new_file_for_rule(path, config, need_dir=False)
-    for keypath, value in values.items():
-        sf.set(list(keypath), value)
-    rule = config.rule_for(path)
-    sf.updatekeys(rule.key_groups, shamir_threshold=rule.shamir_threshold, foreign=rule.foreign)
-    return sf
-
-
 def ensure_host_keys(
     repo: str, spec: HostSpec, identities: list[str] | None = None, check_mode: bool = False
 ) -> BootstrapResult:
@@ -324,9 +290,9 @@ def ensure_host_keys(
     One plan of the repository (one walk, one metadata read per file), one
     parse of .sops.yaml edited in memory, each of the host's files opened and
     written once, every write staged and renamed all or none after every file
-    that needs a change proved it can be opened. Check mode runs the same
-    decisions and reports, for keys it would generate, that they would be
-    generated (never a key that the real run would not make).
+    that needs a change proved it can be opened (a :class:`Changeset`). Check
+    mode runs the same decisions and reports, for keys it would generate, that
+    they would be generated (never a key that the real run would not make).
     """
     repo = os.path.abspath(repo)
     config = SopsConfig.load(fleet.config_path(repo))
@@ -339,55 +305,24 @@ def ensure_host_keys(
             f"known anchors: {', '.join(sorted(anchors)) or 'none'}")
     glass = breakglass.anchor_of(config, keyinventory.Inventory.load(repo))
     spec.extra_members = [a for a in dict.fromkeys([*spec.always_members, glass]) if a and a in anchors]
-    plan = fleet.Plan.scan(repo, config)
-    kr = engine.keyring(identities)
-    key_path, host_path = os.path.join(repo, spec.host_key_file), os.path.join(repo, spec.host_file)
-    key_sf, host_sf = _open_existing(key_path, kr, repo), _open_existing(host_path, kr, repo)
-    keys = _host_keys(spec, key_sf, host_sf, config)
+    cs = Changeset(fleet.Plan.scan(repo, config), identities, check_mode, "bootstrap", BootstrapError)
+    keys = _host_keys(spec, cs.open(spec.host_key_file), cs.open(spec.host_file), config)
     res.generated, res.reused = keys.generated, keys.reused
-    config_changed = _register(config, repo, spec, keys)
+    _register(config, repo, spec, keys)
     res.config_after = config.text
-    plan = plan.with_config(config)
-    files = {
-        spec.host_key_file: _fill(key_sf, key_path, config, {(HOST_KEY_NAME,): keys.host.private_pem.decode(),
-                                                           (HOST_KEY_NAME + ".pub",): keys.host.public_line}),
-        spec.host_file: _fill(host_sf, host_path, config, {("keys", "age"): keys.user, **{
-            ("deploy-keys", name): kp.private_pem.decode() for name, kp in keys.deploy.items()}}),
-    }
-    jobs = [j for j in fleet.rekey_jobs(plan) if j.rel not in files]
+    cs.set_values(spec.host_key_file, {(HOST_KEY_NAME,): keys.host.private_pem.decode(),
+                                       (HOST_KEY_NAME + ".pub",): keys.host.public_line})
+    cs.set_values(spec.host_file, {USER_KEY: keys.user, **{
+        (DEPLOY_KEYS, name): kp.private_pem.decode() for name, kp in keys.deploy.items()}})
     inventory = _record_keys(repo, spec, keys)
-    ids = tuple(kr.identities) if kr else None
-    staged = fleet.run_jobs(jobs, ids, check_mode, root=repo)  # every file must open before anything is written
-    fleet.refuse_failures("bootstrap", staged, False)
-    sink = engine.NullSink() if check_mode else engine.StagedSink(root=repo)
-    made: list[str] = []
-    try:
-        if not check_mode:
-            made = make_dirs(os.path.dirname(key_path), 0o755) + make_dirs(os.path.dirname(inventory.path), 0o755)
-        if config_changed:
-            sink.write(config.path, config.text.encode("utf-8"))
-            res.touch(".sops.yaml")
-        for rel, sf in files.items():
-            if sf.write(sink):
-                res.touch(rel)
-        if inventory.changed:
-            sink.write(inventory.path, inventory.text.encode("utf-8"))
-            res.touch(keyinventory.INVENTORY_PATH)
-    except BaseException:
-        _discard(sink, staged)
-        remove_made_dirs(made)
-        raise
-    res.rekeyed = staged.changed
-    for rel in staged.changed:
-        res.touch(rel)
+    if inventory.changed:
+        cs.write_text(keyinventory.INVENTORY_PATH, inventory.text)
+    cs.stage()  # every other file must open before anything is written
+    res.touched, res.rekeyed, res.changed = cs.touched, cs.rekeyed, bool(cs.touched)
     if check_mode:
         res.config_after = _mask_new(res.config_after, keys)
     else:
-        try:
-            fleet.publish(repo, "bootstrap", sink.staged + staged.pairs)
-        except BaseException:
-            remove_made_dirs(made)  # publish put nothing in place (else it says what is new)
-            raise
+        cs.publish()
     res.public = _public(spec, keys, check_mode)
     return res
 
@@ -399,12 +334,6 @@ def _record_keys(repo: str, spec: HostSpec, keys: HostKeys) -> keyinventory.Inve
     for name, kp in keys.deploy.items():
         inv.record(f"{spec.host}-{name}", "deploy", kp.public_line, host=spec.host)
     return inv
-
-
-def _discard(sink: Any, staged: fleet.Staged) -> None:
-    staged.discard()
-    if isinstance(sink, engine.StagedSink):
-        sink.discard()
 
 
 def _mask_new(text: str, keys: HostKeys) -> str:
@@ -443,12 +372,36 @@ class StagedFile:
     owner: str = "root"
 
 
-def _host_key_from_repo(repo: str, host: str, identities: Any) -> sshkeys.Ed25519Keypair:
-    path = os.path.join(repo, "sops", "host-keys", f"{host}.yaml")
-    pem = _read_existing(path, [HOST_KEY_NAME], identities)
-    if not pem:
-        raise BootstrapError(f"{host}: no host key in {path}; run the host_keys step (bootstrap.yml) first")
-    return sshkeys.from_private(pem)
+class _Tree:
+    """The staged tree under ``dest``: files written privately, directories with the modes NixOS expects."""
+
+    def __init__(self, dest: str, home: str, persist: str) -> None:
+        self.dest, self.home, self.persist = dest, home, persist
+        self.files: list[StagedFile] = []
+        self.dir_modes: dict[str, int] = {}
+
+    def put(self, rel: str, data: str, mode: int, owner: str = "root") -> None:
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            d = "/".join(parts[:i])
+            wanted = 0o700 if d in (self.home, f"{self.persist}/{self.home}".strip("/"), "root", "root/.ssh") or \
+                d.endswith(("/.config", "/.config/sops", "/.config/sops/age")) else 0o755
+            self.dir_modes.setdefault(d, wanted)
+            full = os.path.join(self.dest, d)
+            if not os.path.isdir(full):
+                os.mkdir(full, self.dir_modes[d])
+            os.chmod(full, self.dir_modes[d])
+        atomic_write(os.path.join(self.dest, rel), data, mode=mode, private=mode & 0o077 == 0)
+        self.files.append(StagedFile(rel, f"{mode:04o}", owner))
+
+    def dirs(self, user_base: str, user: str) -> list[StagedFile]:
+        owner = {d: user if d == user_base or d.startswith(user_base + "/") else "root" for d in self.dir_modes}
+        return [StagedFile(d, f"{m:04o}", owner[d]) for d, m in sorted(self.dir_modes.items())]
+
+
+def _identity_lines(*identities: str | None) -> str:
+    """A key file holding each identity given (the current one first), as sops-nix and sops read it."""
+    return "".join(age.format_identity_file(i, stamp=False) for i in identities if i)
 
 
 def stage_extra_files(
@@ -460,6 +413,7 @@ def stage_extra_files(
     user_home: str | None = None,
     deploy_repos: list[str] | None = None,
     identities: list[str] | None = None,
+    next_keys: bool = False,
 ) -> tuple[list[StagedFile], list[StagedFile]]:
     """Write the ``--extra-files`` tree for ``host`` under ``dest`` (created 0700); return (files, dirs).
 
@@ -469,6 +423,12 @@ def stage_extra_files(
     user's ``.config/sops/age/keys.txt`` (0600, under the persist prefix when
     impermanence is on); ``root/.ssh/<repo>-deploy`` (0600). Directories get
     the modes NixOS expects (0755, home 0700, .ssh 0700).
+
+    ``next_keys`` adds the new keys a key rotation in progress keeps beside the
+    current ones (rotation.py): ``ssh_host_ed25519_key.next`` (+ ``.pub``) and
+    its identity as a second line of ``key.txt``, the new user identity as a
+    second line of ``keys.txt``, ``root/.ssh/<repo>-deploy.next``. Each of the
+    host's two files is opened once.
     """
     validate_host(host)
     validate_user(user, host)
@@ -481,51 +441,45 @@ def stage_extra_files(
     if os.path.lexists(dest):
         ensure_private_dir(dest)  # refuses a link, a file, or a directory another user owns: before any key is read
     kr = engine.keyring(identities)
-    host_kp = _host_key_from_repo(repo, host, kr)
-    host_file = os.path.join(repo, "sops", f"{host}.yaml")
-    user_identity = _read_existing(host_file, ["keys", "age"], kr)
+    key_path, host_path = os.path.join(repo, host_key_file(host)), os.path.join(repo, host_file(host))
+    key_sf = open_existing(key_path, kr, error=BootstrapError)
+    host_sf = open_existing(host_path, kr, error=BootstrapError)
+    pem = value_at(key_sf, [HOST_KEY_NAME])
+    if not pem:
+        raise BootstrapError(f"{host}: no host key in {key_path}; run the host_keys step (bootstrap.yml) first")
+    host_kp = sshkeys.from_private(pem)
+    user_identity = value_at(host_sf, list(USER_KEY))
     if not user_identity:
-        raise BootstrapError(f"{host}: no user age key under keys/age in {host_file}; run host_keys first")
-    sopsnix_identity = age.ssh_private_key_to_identity(host_kp.private_pem)
+        raise BootstrapError(f"{host}: no user age key under keys/age in {host_path}; run host_keys first")
+    next_host = value_at(key_sf, [HOST_KEY_NAME + NEXT]) if next_keys else None
+    next_kp = sshkeys.from_private(next_host) if next_host else None
+    key_txt = _identity_lines(age.ssh_private_key_to_identity(host_kp.private_pem),
+                              age.ssh_private_key_to_identity(next_kp.private_pem) if next_kp else None)
 
     ensure_private_dir(dest)
     os.chmod(dest, 0o700)
-    files: list[StagedFile] = []
-    dir_modes: dict[str, int] = {}
-
-    def put(rel: str, data: str, mode: int, owner: str = "root") -> None:
-        parts = rel.split("/")
-        for i in range(1, len(parts)):
-            d = "/".join(parts[:i])
-            wanted = 0o700 if d in (home, f"{persist}/{home}".strip("/"), "root", "root/.ssh") or \
-                d.endswith(("/.config", "/.config/sops", "/.config/sops/age")) else 0o755
-            dir_modes.setdefault(d, wanted)
-            full = os.path.join(dest, d)
-            if not os.path.isdir(full):
-                os.mkdir(full, dir_modes[d])
-            os.chmod(full, dir_modes[d])
-        atomic_write(os.path.join(dest, rel), data, mode=mode, private=mode & 0o077 == 0)
-        files.append(StagedFile(rel, f"{mode:04o}", owner))
-
-    roots = [""] + ([persist] if persist else [])
-    for prefix in roots:
+    tree = _Tree(dest, home, persist)
+    for prefix in [""] + ([persist] if persist else []):
         base = f"{prefix}/" if prefix else ""
-        put(f"{base}etc/ssh/ssh_host_ed25519_key", host_kp.private_pem.decode(), 0o600)
-        put(f"{base}etc/ssh/ssh_host_ed25519_key.pub", host_kp.public_line + "\n", 0o644)
-        put(f"{base}var/lib/sops-nix/key.txt", age.format_identity_file(sopsnix_identity, stamp=False), 0o600)
+        for suffix, kp in (("", host_kp), (NEXT, next_kp)):
+            if kp is not None:
+                tree.put(f"{base}etc/ssh/{HOST_KEY_NAME}{suffix}", kp.private_pem.decode(), 0o600)
+                tree.put(f"{base}etc/ssh/{HOST_KEY_NAME}{suffix}.pub", kp.public_line + "\n", 0o644)
+        tree.put(f"{base}var/lib/sops-nix/key.txt", key_txt, 0o600)
     user_base = f"{persist}/{home}" if persist else home
-    put(f"{user_base}/.config/sops/age/keys.txt", age.format_identity_file(user_identity, stamp=False), 0o600,
-        owner=user)
+    next_user = value_at(host_sf, list(USER_KEY_NEXT)) if next_keys else None
+    tree.put(f"{user_base}/.config/sops/age/keys.txt", _identity_lines(user_identity, next_user), 0o600, owner=user)
     for name in deploy_repos or []:
         validate_repo_name(name, host)
-        pem = _read_existing(host_file, ["deploy-keys", name], kr)
+        pem = value_at(host_sf, [DEPLOY_KEYS, name])
         if not pem:
-            raise BootstrapError(f"{host}: no deploy key deploy-keys/{name} in {host_file}; run host_keys first")
-        put(f"root/.ssh/{name}-deploy", pem, 0o600)
-    owner = {d: user if d == user_base or d.startswith(user_base + "/") else "root" for d in dir_modes}
-    dirs = [StagedFile(d, f"{m:04o}", owner[d]) for d, m in sorted(dir_modes.items())]
+            raise BootstrapError(f"{host}: no deploy key deploy-keys/{name} in {host_path}; run host_keys first")
+        tree.put(f"root/.ssh/{name}-deploy", pem, 0o600)
+        next_pem = value_at(host_sf, [DEPLOY_KEYS_NEXT, name]) if next_keys else None
+        if next_pem:
+            tree.put(f"root/.ssh/{name}-deploy{NEXT}", next_pem, 0o600)
     failpoints.hit("extra_files.staged", dest)
-    return files, dirs
+    return tree.files, tree.dirs(user_base, user)
 
 
 def detect_persist_prefix(nix_config: str, host: str) -> str:

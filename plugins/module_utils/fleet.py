@@ -510,6 +510,13 @@ def _label(recipient: str, names: dict[str, str]) -> str:
     return f"{name} ({recipient})" if name else recipient
 
 
+def change_record(rel: str, rule: str | None, added: Iterable[str], removed: Iterable[str], names: dict[str, str],
+                  rotated: bool = False) -> dict[str, Any]:
+    """One file's change as operations report it: recipients named by their anchors (public data only)."""
+    return {"path": rel, "rule": rule, "added": [_label(x, names) for x in added],
+            "removed": [_label(x, names) for x in removed], **({"rotated": True} if rotated else {})}
+
+
 def recipient_names(config: SopsConfig) -> dict[str, str]:
     """recipient -> anchor name, for readable reports."""
     return {a.recipient: name for name, a in config.anchors().items()}
@@ -583,10 +590,8 @@ def rekey(
         r = staged.results[job.rel]
         if r["status"] == "changed":
             res.changed_files.append(job.rel)
-            res.changes.append({"path": job.rel, "rule": plan.by_rel[job.rel].rule,
-                                "added": [_label(x, names) for x in r["added"]],
-                                "removed": [_label(x, names) for x in r["removed"]],
-                                **({"rotated": True} if job.rotate else {})})
+            res.changes.append(change_record(job.rel, plan.by_rel[job.rel].rule, r["added"], r["removed"], names,
+                                             job.rotate))
     res.counts = {"sops_files": len(plan.files), "changed": len(res.changed_files),
                   "unchanged": len(plan.files) - len(res.changed_files) - len(res.failed),
                   "failed": len(res.failed), "not_sops": len(plan.not_sops), "no_rule": len(plan.no_rule)}

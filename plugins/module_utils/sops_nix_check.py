@@ -88,6 +88,9 @@ def check_manifest(v: Verifier, path: str, expected: list[str]) -> None:
             sops_file = entry.get("sopsFile")
             if sops_file and sops_file not in v.report.sops_files:
                 v.report.sops_files.append(sops_file)
+            if sops_file:
+                # What a key rotation proves the new key opens: the file and the key path, never a value.
+                v.report.secrets.append({k: str(entry.get(k) or "") for k in ("name", "key", "sopsFile", "format")})
     for entry in manifest.get("templates") or []:
         if isinstance(entry, dict):
             check_secret(v, entry, generation, link, "template", user_mode)

@@ -92,6 +92,12 @@ class _Git(_Vcs):
         return bool(self.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *rels]).strip())
 
     def commit(self, rels: list[str], message: str, res: CommitResult, check_mode: bool, **_: object) -> None:
+        # A path written and removed again before any commit (a rotation journal an abort removed) is
+        # neither on disk nor known to git, and git refuses the whole command over it: leave it out.
+        known = set(self.run(["git", "ls-files", "-z", "--", *rels]).split("\0"))
+        rels = [r for r in rels if r in known or os.path.lexists(os.path.join(self.repo, r))]
+        if not rels:
+            return
         add = ["git", "add", "-A", "--", *rels]
         commit = ["git", "commit", "-q", "-m", message, "--", *rels]
         res.commands += [add, commit]

@@ -60,6 +60,14 @@ options:
     type: list
     elements: str
     default: []
+  next_keys:
+    description:
+      - Also stage the new keys a key rotation in progress keeps beside the current ones
+        (C(playbooks/rotate_keys.yml), phase 1) - C(etc/ssh/ssh_host_ed25519_key.next) (and C(.pub)) with its
+        identity as a second line of C(var/lib/sops-nix/key.txt), the new user identity as a second line of the
+        user's C(keys.txt), C(root/.ssh/<repo>-deploy.next) - so sops-nix and the user decrypt with either key.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - nixfleet.sops.identities
 attributes:
@@ -133,6 +141,7 @@ def main() -> None:
             nix_config=dict(type="path"),
             user_home=dict(type="str"),
             deploy_repos=dict(type="list", elements="str", default=[]),
+            next_keys=dict(type="bool", default=False),
             **IDENTITY_ARGS,
         ),
         supports_check_mode=False,
@@ -150,7 +159,7 @@ def main() -> None:
         dest = p["dest"] or os.path.join(staging, "root")
         try:
             files, dirs = bootstrap.stage_extra_files(p["repo"], p["host"], p["user"], dest, persist, p["user_home"],
-                                                      p["deploy_repos"], ids)
+                                                      p["deploy_repos"], ids, next_keys=p["next_keys"])
         except BaseException:
             if staging:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -209,6 +209,13 @@ sops_files:
   returned: always
   type: list
   elements: str
+secrets:
+  description: >-
+    Each secret of the manifests with its C(name), C(key) (path in the sops file), C(sopsFile) and C(format) - what
+    a key rotation checks the new key opens (M(nixfleet.sops.sops_rotate_keys) O(phase=verify)). Never a value.
+  returned: always
+  type: list
+  elements: dict
 summary:
   description: "One line: C(<host>: ok) or C(<host>: N faults: …)."
   returned: always

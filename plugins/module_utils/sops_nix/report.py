@@ -51,6 +51,7 @@ class Report:
     key_sources: list[KeySource] = field(default_factory=list)
     manifests: list[str] = field(default_factory=list)
     sops_files: list[str] = field(default_factory=list)
+    secrets: list[dict[str, str]] = field(default_factory=list)  # name, key, sopsFile, format (no values)
 
     def fault(self, check: str, path: str, what: str, fix: str) -> None:
         """Record a fault; its message names the host and the path."""
@@ -78,5 +79,6 @@ class Report:
             "key_sources": [s.to_dict() for s in self.key_sources],
             "manifests": self.manifests,
             "sops_files": self.sops_files,
+            "secrets": self.secrets,
             "summary": summary,
         }

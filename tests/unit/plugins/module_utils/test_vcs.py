@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 from ansible_collections.nixfleet.sops.plugins.module_utils import vcs
@@ -174,3 +175,13 @@ def test_pending_record_cleared_when_the_user_committed_them(repo):
     vcs.record_pending(str(repo), ["sops/a.yaml"])
     res = vcs.commit(str(repo), [], "m")
     assert not res.changed and vcs.pending_paths(str(repo)) == []
+
+
+def test_a_path_written_and_removed_before_any_commit_is_left_out(repo):
+    # A rotation journal that phase 1 wrote and an abort removed before anything was committed.
+    vcs.record_pending(repo, [".nixfleet/rotations/h.yaml"])
+    (Path(repo) / "sops" / "a.yaml").write_text("changed\n")
+    res = vcs.commit(repo, ["sops/a.yaml", ".nixfleet/rotations/h.yaml"], "chore(sops): abort")
+    assert res.changed and res.commit
+    assert git(repo, "status", "--porcelain") == ""
+    assert vcs.pending_paths(repo) == []
