@@ -100,8 +100,12 @@ def exit_keypair(module: Any, res: Any, path: str, state: str) -> None:
 def exit_fleet_op(module: Any, res: Any, what: str, repo: str, continue_on_error: bool) -> None:
     """Finish a fleet module (rekey, rotate): results, per-file diff, fail when files failed."""
     from .fleet import changes_diff
+    from .vcs import pending_paths
 
-    out = dict(changed=bool(res.changed_files), **res.as_dict())
+    # What an interrupted earlier run wrote and did not commit: the playbook commits it now.
+    verb = {"rekey": "rekeyed", "rotate": "rotated"}.get(what, what)
+    out = dict(changed=bool(res.changed_files), pending_commit=pending_paths(repo),
+               msg=res.summary(verb, module.check_mode), **res.as_dict())
     if module._diff:
         out["diff"] = changes_diff(res.changes, repo)
     if res.failed and not continue_on_error:

@@ -204,7 +204,8 @@ def main() -> None:
         with lock if not module.check_mode else nullcontext():
             res = bootstrap.ensure_host_keys(p["repo"], spec, ids, module.check_mode)
             done = None
-            if p["commit"] and res.touched:
+            if p["commit"]:
+                # Also when nothing was touched now: what an interrupted run wrote is committed here.
                 n = len(res.rekeyed)
                 message = f"chore(sops): register {spec.host} keys" + (
                     f" and rekey {n} file{'' if n == 1 else 's'}" if n else "")
@@ -213,8 +214,8 @@ def main() -> None:
             return res, done
 
     res, done = run_guarded(module, work, host=p["host"])
-    out = dict(changed=res.changed, touched=res.touched, generated=res.generated, reused=res.reused,
-               rekeyed=res.rekeyed, **res.public)
+    out = dict(changed=res.changed or bool(done and done.changed), touched=res.touched, generated=res.generated,
+               reused=res.reused, rekeyed=res.rekeyed, **res.public)
     if done is not None and done.commit:
         out["commit"] = done.commit
     if module._diff:

@@ -64,6 +64,17 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+msg:
+  description: One line, for example C(3 of 2001 sops files rekeyed).
+  returned: always
+  type: str
+pending_commit:
+  description:
+    - Files an interrupted earlier run wrote and did not commit (recorded in C(.git)/C(.jj)); the playbook
+      commits them with the next commit.
+  returned: always
+  type: list
+  elements: str
 changed_files:
   description: Files rekeyed (or that would be, in check mode), relative to O(repo).
   returned: always
