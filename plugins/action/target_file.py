@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
+from ansible_collections.nixfleet.sops.plugins.module_utils.action_support import MaskedArgs
 
 MAX_SRC = 1024 * 1024  # as the module's content limit
 
@@ -41,6 +42,7 @@ class ActionModule(ActionBase):
                 args["content"] = data.decode("utf-8")
             except UnicodeDecodeError:
                 return dict(result, failed=True, msg=f"{src}: not UTF-8 text; not a key file")
-        result.update(self._execute_module(module_name="nixfleet.sops.target_file", module_args=args,
-                                           task_vars=task_vars))
+        # Ansible's debug mode prints module arguments, no_log ones too: the content is masked there.
+        result.update(self._execute_module(module_name="nixfleet.sops.target_file",
+                                           module_args=MaskedArgs(args, ("content",)), task_vars=task_vars))
         return result

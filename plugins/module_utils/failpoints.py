@@ -8,7 +8,9 @@ Tests set ``NIXFLEET_FAILPOINTS`` to a comma-separated list of ``point[#n]:actio
   ``bootstrap.config_saved``, …); ``#n`` fires on the n-th hit only (1-based),
   otherwise on the first;
 - ``action`` is ``kill`` (SIGKILL this process), ``killpg`` (SIGKILL its whole process group:
-  the run and its workers), ``int`` (SIGINT, as a Ctrl-C),
+  the run and its workers), ``killplaybook`` (SIGKILL the ansible-playbook process that runs this module, and
+  its process group: the whole run dies as an OOM kill or a closed terminal would end it),
+  ``int`` (SIGINT, as a Ctrl-C),
   ``enospc``, ``erofs``, ``eacces`` (an OSError as the filesystem would raise it).
 
 Without the variable, :func:`hit` is a dictionary lookup: nothing else happens.
@@ -50,6 +52,12 @@ def hit(point: str, path: str | None = None) -> None:
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if action == "killpg":
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    if action == "killplaybook":
+        from .fsutil import _playbook_process  # fsutil passes failpoints: imported here, not at the top
+
+        # Ansible runs each task's worker (and so this module) in a process group of its own.
+        os.killpg(os.getpgid(_playbook_process()[0]), signal.SIGKILL)
         os.killpg(os.getpgid(0), signal.SIGKILL)
     if action == "int":
         os.kill(os.getpid(), signal.SIGINT)
