@@ -66,9 +66,12 @@ class Report:
         """The module's result: every fault, the host's recipients, and a one-line summary."""
         faults = [f.to_dict() for f in self.faults]
         if faults:
+            # One line: the first fault in full (what and where), then where the others are.
             n = len(faults)
-            summary = f"{self.host}: {n} fault{'s' if n != 1 else ''}: " + "; ".join(
-                f"{f['check']} {f['path']}" for f in faults)
+            first = faults[0]["message"].removeprefix(f"{self.host}: ")
+            rest = [w for w in dict.fromkeys(f"{f['check']} {f['path']}" for f in faults[1:])]
+            summary = (f"{self.host}: {n} fault{'s' if n != 1 else ''}: {faults[0]['check']} {first}"
+                       + (f"; also {', '.join(rest)}" if rest else ""))
         else:
             summary = f"{self.host}: ok"
         return {
