@@ -43,10 +43,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import fleet, vcs
+from .bootstrap import BootstrapError, validate_host, validate_user
 from .errors import NixfleetError
 from .fsutil import repo_lock
 from .sops_config import CreationRule, PathMatcher, SopsConfig, SopsConfigError, compile_path_regex
-from .sops_config.common import ANCHOR_NAME_RE
+from .sops_config.common import ANCHOR_NAME_RE, check_anchor_name
 
 MARKER = "# managed by nixfleet.sops access: category {name} (edit the inventory, not this rule)"
 _MARKER_RE = re.compile(r"^\s*#\s*managed by nixfleet\.sops access: category ([A-Za-z0-9][A-Za-z0-9_.-]*)(?:\s|$)")
@@ -155,19 +156,41 @@ def build_model(
     admins = list(_str_list(admin_anchors, "nixfleet_admin_anchors"))
     if not admins:
         raise AccessError("nixfleet_admin_anchors is empty: at least one admin anchor must read every category")
+    for a in admins + ([break_glass_anchor] if break_glass_anchor else []):
+        try:
+            check_anchor_name(a, "nixfleet_admin_anchors" if a in admins else "nixfleet_break_glass_anchor")
+        except SopsConfigError as exc:
+            raise AccessError(str(exc)) from None
     members = {name: set(c.hosts).union(*(groups[g] for g in c.groups)) for name, c in cats.items()}
     for host, value in (host_categories or {}).items():
         for verb, names in _host_overrides(host, value, cats).items():
             for name in names:
                 (members[name].add if verb == "add" else members[name].discard)(host)
+    users = {h: u for h, u in (host_users or {}).items() if u}
+    _check_readers(cats, groups, members, users if user_keys else {})
     return AccessModel(
         categories=cats,
         members={name: sorted(hs) for name, hs in members.items()},
         admin_anchors=admins,
-        users={h: str(u) for h, u in (host_users or {}).items() if u},
+        users={h: str(u) for h, u in users.items()},
         break_glass_anchor=break_glass_anchor,
         user_keys=user_keys,
     )
+
+
+def _check_readers(cats: Mapping[str, Category], groups: Mapping[str, Sequence[str]],
+                   members: Mapping[str, set[str]], users: Mapping[str, Any]) -> None:
+    """Every host that reads a category has a name usable as its anchor, and (with user keys) a valid user."""
+    for name, hosts in members.items():
+        for host in sorted(hosts, key=str):
+            via = (", ".join(f"group {g}" for g in cats[name].groups if host in groups[g])
+                   or "its hosts or nixfleet_categories")
+            try:
+                validate_host(host)
+                if host in users:
+                    validate_user(users[host], host)
+            except BootstrapError as exc:
+                raise AccessError(f"nixfleet_secret_categories.{name} (via {via}): {exc}") from None
 
 
 def _host_overrides(host: str, value: Any, cats: Mapping[str, Category]) -> dict[str, tuple[str, ...]]:

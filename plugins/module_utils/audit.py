@@ -153,6 +153,7 @@ def run(
 ) -> Audit:
     """Audit ``repo``. ``hosts`` (inventory hostnames) enables the host-without-key check;
     ``break_glass_anchor`` enables break-glass coverage (default: an anchor named break-glass if any)."""
+    max_age_days = keyinventory.check_policy(max_age_days or {})
     sc = fleet.scan(repo, workers=workers, strict=False)
     cfg = sc.config
     anchors = cfg.anchors()

@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import stat
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +39,15 @@ from typing import Any
 from . import age, fleet, keyinventory, paperkey, paperpage, vcs
 from . import sops as engine
 from .errors import NixfleetError
-from .fsutil import KEY_FILE_LIMIT, atomic_write, ensure_private_dir, read_regular, repo_lock
+from .fsutil import (
+    KEY_FILE_LIMIT,
+    atomic_write,
+    check_output_dir,
+    check_private_dir,
+    ensure_private_dir,
+    read_regular,
+    repo_lock,
+)
 from .sops_config import SopsConfig
 
 ANCHOR = "break_glass"
@@ -152,10 +159,13 @@ def key_from_input(key: str | None = None, shares: list[str] | None = None) -> s
     """The break-glass identity from what was typed or scanned: the key (lines or QR text) or SLIP-39 shares."""
     if key and shares:
         raise BreakGlassError("give the break-glass key or its shares, not both")
-    if shares:
-        return paperkey.combine_shares(shares)
-    if key:
-        return paperkey.parse_identity(key)
+    try:
+        if shares:
+            return paperkey.combine_shares(shares)
+        if key:
+            return paperkey.parse_identity(key)
+    except paperkey.PaperKeyError as exc:
+        raise BreakGlassError(f"{'break_glass_shares' if shares else 'break_glass_key'}: {exc}") from None
     raise BreakGlassError("no break-glass key given: type the key (or scan its QR code), or type the shares")
 
 
@@ -169,17 +179,6 @@ class GenerateResult:
     pages: list[str] = field(default_factory=list)
     shares: int = 0
     threshold: int = 0
-
-
-def _check_output_dir(path: str) -> None:
-    """Pages hold the key: refuse a directory others can write (or that is not ours), before any key exists."""
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise BreakGlassError(f"{path} is not a plain directory; choose a private directory for the pages")
-    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
-        raise BreakGlassError(
-            f"{path} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: others could replace "
-            "the pages; use a directory only you can write (it is created 0700 when missing)")
 
 
 def page_names(fleet_name: str, shares: int = 0) -> list[str]:
@@ -215,17 +214,17 @@ def generate(output_dir: str, fleet_name: str, shares: int | None = None, thresh
         paperkey.check_split(int(shares), int(threshold or 0))
     n, k = int(shares or 0), int(threshold or 0)
     output_dir = os.path.abspath(output_dir)
+    # Pages hold the key: a directory others can write (or that is not ours) is refused before any key exists.
+    check_output_dir(output_dir, "the pages")
     existing = _existing_pages(output_dir, fleet_name)
     if existing:
         return _already_generated(output_dir, existing, n, k)
     res = GenerateResult(changed=True, pages=[os.path.join(output_dir, p) for p in page_names(fleet_name, n)],
                          shares=n, threshold=k)
-    if os.path.lexists(output_dir):
-        _check_output_dir(output_dir)
     if check_mode:
         return res
     ensure_private_dir(output_dir, 0o700)
-    _check_output_dir(output_dir)
+    check_output_dir(output_dir, "the pages")
     date = today or _today()
     identity = age.generate_identity()
     res.recipient = age.recipient_from_identity(identity)
@@ -468,6 +467,7 @@ def _new_admin_key(key_file: str | None, recipient: str | None, check_mode: bool
     if not key_file:
         raise BreakGlassError("say where the new admin key goes (admin_key_file), or give its recipient "
                               "(admin_recipient)")
+    check_private_dir(os.path.dirname(os.path.abspath(key_file)))
     if os.path.lexists(key_file):
         try:
             identity = age.read_identity_file(key_file)[0]

@@ -433,10 +433,18 @@ def ensure_private_dir(path: str, mode: int = 0o700) -> bool:
     another user owns, or a symlink, is refused: a private key must not land
     where someone else can read it.
     """
+    if not check_private_dir(path):
+        return bool(make_dirs(path, mode))
+    return False
+
+
+def check_private_dir(path: str) -> bool:
+    """True when ``path`` is a directory fit for private keys (ours or root's, no link), False when missing;
+    UnsafePathError otherwise. Lets a caller refuse a bad destination before it makes any key."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return bool(make_dirs(path, mode))
+        return False
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise UnsafePathError(f"{path} is not a plain directory (a symlink or a file); refusing to use it")
     if not _trusted_uid(st.st_uid):
@@ -444,7 +452,23 @@ def ensure_private_dir(path: str, mode: int = 0o700) -> bool:
             f"{path} is owned by uid {st.st_uid}, not by you: refusing to put private keys in it; "
             "remove it or choose another directory"
         )
-    return False
+    return True
+
+
+def check_output_dir(path: str, what: str) -> bool:
+    """True when ``path`` is a plain directory only we (or root) can write, False when it is missing;
+    UnsafePathError naming ``what`` goes there otherwise. Checked before any change is made."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise UnsafePathError(f"{path} is not a plain directory; choose a directory for {what}")
+    if not _trusted_uid(st.st_uid) or st.st_mode & 0o022:
+        raise UnsafePathError(
+            f"{path} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: others could replace "
+            f"{what}; use a directory only you can write (it is created when missing)")
+    return True
 
 
 # --------------------------------------------------------------------------- the repository lock

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import yaml
 
@@ -234,8 +235,24 @@ def remove(repo: str, anchor: str, check_mode: bool = False) -> bool:
     return inv.remove(anchor) and inv.save(check_mode)
 
 
+def check_policy(max_age_days: Any, where: str = "max_age_days") -> dict[str, int]:
+    """The key-age policy ``{kind: days}`` checked: known kinds, whole days of 1 or more."""
+    if not isinstance(max_age_days, dict):
+        raise InventoryError(f"{where}: give a mapping of key kind to days, e.g. {{host: 365, deploy: 180}}")
+    out: dict[str, int] = {}
+    for kind, days in max_age_days.items():
+        if kind not in KINDS:
+            raise InventoryError(f"{where}: unknown key kind {kind!r}; use {', '.join(KINDS)}")
+        if isinstance(days, bool) or not isinstance(days, (int, str)) or not str(days).strip().isdigit() \
+                or int(days) < 1:
+            raise InventoryError(f"{where}.{kind}: {days!r} is not a number of days (1 or more)")
+        out[kind] = int(days)
+    return out
+
+
 def overdue(entries: list[KeyEntry], max_age_days: dict[str, int], today: datetime.date | None = None) -> list[dict]:
     """Entries older than the policy allows for their kind (kinds without a limit never expire)."""
+    max_age_days = check_policy(max_age_days)
     out = []
     for e in entries:
         limit = max_age_days.get(e.kind)

@@ -212,12 +212,20 @@ def due(entries: list[keyinventory.KeyEntry], host: str, max_age_days: dict[str,
 def resolve_kinds(repo: str, host: str, requested: list[str], deploy_repos: list[str],
                   max_age_days: dict[str, int] | None = None) -> tuple[list[str], list[str]]:
     """``host|user|deploy|all|due`` to the kinds to rotate and the deploy repositories concerned."""
+    unknown = sorted(set(requested) - {*KINDS, "all", "due"})
+    if unknown or not requested:
+        raise RotationError(f"{host}: kinds {', '.join(map(repr, unknown)) or '(none)'} cannot be rotated; "
+                            "use host, user, deploy, all or due")
     if "due" in requested:
         if set(requested) != {"due"}:
             raise RotationError(f"{host}: 'due' rotates what the key-age policy says; do not combine it")
         if not max_age_days:
             raise RotationError(f"{host}: 'due' needs the key-age policy (nixfleet_key_max_age_days)")
-        kinds, repos = due(keyinventory.load(repo), host, max_age_days)
+        try:
+            policy = keyinventory.check_policy(max_age_days, "nixfleet_key_max_age_days")
+        except keyinventory.InventoryError as exc:
+            raise RotationError(f"{host}: {exc}") from None
+        kinds, repos = due(keyinventory.load(repo), host, policy)
         return kinds, [r for r in deploy_repos if r in repos] or repos
     kinds = list(KINDS) if "all" in requested else list(requested)
     if "all" in requested and not deploy_repos:

@@ -141,6 +141,8 @@ class _Walk:
         self.spec = spec
         self.expected_uid = spec.owner if spec.owner is not None else os.geteuid()
         self.parts = [p for p in spec.path.split("/") if p]
+        if not spec.path.startswith("/"):
+            raise TargetFileError(f"{spec.path}: give an absolute path (it is placed below the root)")
         if not self.parts or any(p in (".", "..") for p in self.parts):
             raise TargetFileError(f"{spec.path}: give a plain path below the root (no '.' or '..' components)")
         try:

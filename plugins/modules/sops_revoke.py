@@ -133,7 +133,7 @@ from contextlib import nullcontext
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.nixfleet.sops.plugins.module_utils import fleet, revoke
-from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import repo_lock
+from ansible_collections.nixfleet.sops.plugins.module_utils.fsutil import check_output_dir, repo_lock
 from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import (
     IDENTITY_ARGS,
     identity_options,
@@ -160,6 +160,8 @@ def main() -> None:
     def work() -> tuple[revoke.RevokeResult, list[str]]:
         spec = revoke.RevokeSpec(host=p["host"], user=p["user"], own_files=p["own_files"],
                                  archive_dir=p["archive_dir"])
+        if p["report_dir"]:
+            check_output_dir(p["report_dir"], "the revocation report")
         ids = fleet.collect_identities(**identity_options(p, module.warn))
         lock = repo_lock(p["repo"], purpose=f"sops_revoke {spec.host}", require=".sops.yaml", wait=p["lock_timeout"])
         with lock if not module.check_mode else nullcontext():

@@ -110,6 +110,12 @@ def make_world(tmp_path) -> World:
     return World(base, repo, keys, bad)
 
 
+def flip(recipient: str) -> str:
+    """The recipient with one character changed (its bech32 checksum no longer matches)."""
+    i = len(recipient) // 2
+    return recipient[:i] + ("q" if recipient[i] != "q" else "p") + recipient[i + 1:]
+
+
 def run_inproc(module: str, args: dict[str, Any], env: dict[str, str] | None = None, check: bool = False):
     """A module run in this process with ``env`` (failpoints re-read)."""
     saved = {k: os.environ.get(k) for k in (env or {})}

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from ansible_collections.nixfleet.sops.plugins.module_utils import age
 
-from tests.faults.lib import NOBODY, World, assert_clear_failure, make_world, run_inproc
+from tests.faults import test_bad_input_lifecycle as lifecycle
+from tests.faults.lib import NOBODY, World, assert_clear_failure, flip, make_world, run_inproc
 
 Args = Callable[[World], dict[str, Any]]
 CASES: list[tuple[str, str, Args, tuple[str, ...]]] = []
@@ -30,12 +31,6 @@ def case(module: str, name: str, needles: tuple[str, ...]) -> Callable[[Args], A
         return fn
 
     return add
-
-
-def flip(recipient: str) -> str:
-    """The recipient with one character changed (its bech32 checksum no longer matches)."""
-    i = len(recipient) // 2
-    return recipient[:i] + ("q" if recipient[i] != "q" else "p") + recipient[i + 1:]
 
 
 def ids(w: World) -> dict[str, Any]:
@@ -292,9 +287,5 @@ def test_the_suite_covers_every_module():
     """A module added without bad-input cases fails here (issue 12: every module)."""
     modules = {f[:-3] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "..", "plugins", "modules"))
                if f.endswith(".py")}
-    covered = {c[1] for c in CASES} | EXTERNAL
+    covered = {c[1] for c in CASES + lifecycle.CASES}
     assert modules <= covered, f"no bad-input cases for {sorted(modules - covered)}"
-
-
-# Modules whose bad-input cases live elsewhere (target side and new modules: tests/faults/test_target.py).
-EXTERNAL = {"sops_nix_verify", "target_file", "sops_break_glass"}

@@ -54,7 +54,7 @@ def test_drill_too_few_shares_fails_clearly_and_records_nothing(tmp_path):
     shares = paperkey.split_identity(identity, 5, 3)
     res = run_module_inproc("sops_break_glass", {"action": "test", "repo": repo.path,
                                                  "break_glass_shares": shares[3:]})
-    assert res.failed and res.msg.startswith("2 distinct share(s) given, 3 needed")
+    assert res.failed and res.msg.startswith("break_glass_shares: 2 distinct share(s) given, 3 needed")
     assert open(keyinventory.inventory_file(repo.path)).read() == inventory
     ok = run_module_inproc("sops_break_glass", {"action": "test", "repo": repo.path,
                                                 "break_glass_shares": shares[2:]})
