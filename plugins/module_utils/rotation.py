@@ -213,9 +213,11 @@ def resolve_kinds(repo: str, host: str, requested: list[str], deploy_repos: list
                   max_age_days: dict[str, int] | None = None) -> tuple[list[str], list[str]]:
     """``host|user|deploy|all|due`` to the kinds to rotate and the deploy repositories concerned."""
     unknown = sorted(set(requested) - {*KINDS, "all", "due"})
-    if unknown or not requested:
-        raise RotationError(f"{host}: kinds {', '.join(map(repr, unknown)) or '(none)'} cannot be rotated; "
+    if unknown:
+        raise RotationError(f"{host}: kinds {', '.join(map(repr, unknown))} cannot be rotated; "
                             "use host, user, deploy, all or due")
+    if not requested:  # continue the rotation in progress (begin() reads it from the journal), if any
+        return [], []
     if "due" in requested:
         if set(requested) != {"due"}:
             raise RotationError(f"{host}: 'due' rotates what the key-age policy says; do not combine it")
@@ -418,7 +420,7 @@ def begin(repo: str, spec: RotationSpec, identities: Any = None, check_mode: boo
         return _from_journal(j, f"{spec.host}: continuing the rotation of {', '.join(j.kinds)} keys ({j.state}, "
                                 f"started {j.started})", resumed=True)
     if not spec.kinds:
-        return RotationResult(msg=f"{spec.host}: no key to rotate")
+        return RotationResult(msg=f"{spec.host}: no key to rotate (none asked for or due, and no rotation in progress)")
     cs = Changeset(fleet.Plan.scan(repo), identities, check_mode, "rotate_keys phase 1", RotationError)
     old = _current(cs, spec)
     new = _new(cs, spec)

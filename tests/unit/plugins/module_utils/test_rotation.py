@@ -210,6 +210,10 @@ def test_killed_runs_resume_from_the_journal(repo, tmp_path, sops_bin):
     stored_next = fleet.Plan.scan(repo.path).config.anchors()["griefling_next"].recipient
     again = rotation.begin(repo.path, spec(["host"]), repo.admin)
     assert again.generated == [] and again.new["host"] == stored_next, "a re-run must reuse the stored new key"
+    # A re-run that names no kinds (rotate_keys.yml without nixfleet_rotate) continues the rotation in progress.
+    assert rotation.resolve_kinds(repo.path, HOST, [], [], None) == ([], [])
+    resumed = rotation.begin(repo.path, spec([]), repo.admin)
+    assert resumed.resumed and resumed.kinds == ["host"] and resumed.new["host"] == stored_next
 
     switch = f"rotation.switch({repo.path!r}, '{HOST}', [{admin!r}])"
     before_switch = tree(repo.path)
