@@ -35,6 +35,8 @@ FIXES = {
     "key_too_old": "rotate it: ansible-playbook playbooks/rotate_keys.yml -l HOST -e nixfleet_rotate=due",
     "break_glass_missing": "add the break-glass anchor to every rule and rekey (playbooks/break_glass.yml)",
     "broken_stanza": "run playbooks/rekey.yml: it wraps the data key again for every recipient (as sops updatekeys)",
+    "duplicate_recipient": "give each anchor its own key: remove the copy (nixfleet.sops.sops_recipient state=absent) "
+    "or rotate one of them, then rekey; revoking one anchor leaves the key able to open files through the other",
     "host_recipient_unusable": "give the host its SSH host key's age1… recipient (nixfleet.sops.ssh_to_age) or an "
     "X25519/post-quantum key sops-nix has in its key file, then rekey",
 }
@@ -51,6 +53,8 @@ class Audit:
     types: dict[str, str] = field(default_factory=dict)  # anchor -> key type (x25519, pq, ssh-ed25519, plugin:…)
     access: dict[str, list[str]] = field(default_factory=dict)  # file -> anchors that can decrypt it
     counts: dict[str, int] = field(default_factory=dict)
+    rules: dict[str, str | None] = field(default_factory=dict)  # file -> path_regex of its creation rule
+    duplicates: list[dict[str, Any]] = field(default_factory=list)  # {recipient, anchors} held by 2+ anchors
 
     def add(self, kind: str, message: str, severity: str = ERROR, **where: Any) -> None:
         item = {"kind": kind, "severity": severity, "message": redact(message), "fix": FIXES.get(kind, "")}
@@ -62,6 +66,7 @@ class Audit:
             "findings": self.findings,
             "matrix": {"files": self.files, "anchors": self.anchors, "access": self.access, "types": self.types},
             "counts": self.counts,
+            "duplicate_recipients": self.duplicates,
         }
 
 
@@ -118,26 +123,72 @@ def _break_glass(out: Audit, sc: fleet.Plan, inventory: list[keyinventory.KeyEnt
         out.add(f["kind"], f["message"], f["severity"], anchor=f["anchor"])
 
 
-def _file_findings(out: Audit, fp: fleet.FilePlan, names: dict[str, str]) -> None:
+class Holders:
+    """Which anchors hold each recipient. Two anchors may hold one key: every holder can open what it opens,
+    and a message names the one the file's creation rule uses (else the first in ``.sops.yaml``)."""
+
+    def __init__(self, anchors: dict[str, Any], rules: list[Any]) -> None:
+        self.of: dict[str, list[str]] = {}
+        for name, a in anchors.items():
+            self.of.setdefault(a.recipient, []).append(name)
+        self.rule_anchors: dict[str, list[str]] = {}
+        for rule in rules:
+            self.rule_anchors.setdefault(rule.path_regex, rule.anchors)
+
+    def __contains__(self, recipient: str) -> bool:
+        return recipient in self.of
+
+    def all(self, recipient: str) -> list[str]:
+        """Every anchor holding ``recipient`` (none for a stranger)."""
+        return self.of.get(recipient, [])
+
+    def name(self, recipient: str, rule: str | None = None) -> str:
+        """The anchor to name for ``recipient`` in a file matched by ``rule`` (the recipient itself if none)."""
+        held = self.of.get(recipient)
+        if not held:
+            return recipient
+        preferred = self.rule_anchors.get(rule or "", [])
+        return next((n for n in held if n in preferred), held[0])
+
+    def duplicates(self) -> dict[str, list[str]]:
+        """Recipients held by more than one anchor, in ``.sops.yaml`` order."""
+        return {r: held for r, held in self.of.items() if len(held) > 1}
+
+
+def _duplicate_recipients(out: Audit, config_path: str, anchors: dict[str, Any], holders: Holders) -> None:
+    for r, held in holders.duplicates().items():
+        named = [f"&{n} ({out.kinds.get(n, 'key')})" for n in held]
+        out.duplicates.append({"recipient": r, "anchors": held})
+        out.add("duplicate_recipient", f"{config_path}: recipient {r} is held by anchors "
+                + ", ".join(named[:-1]) + " and " + named[-1], recipient=r, anchor=held[0],
+                anchors=held, line=anchors[held[1]].line)
+
+
+def _file_findings(out: Audit, fp: fleet.FilePlan, holders: Holders) -> None:
     """One sops file: who can open it, and what is out of place (broken stanzas, raw SSH, strangers, drift)."""
     out.files.append(fp.rel)
     have = [r for g in fp.current for r in g]
-    out.access[fp.rel] = sorted(names[r] for r in have if r in names)
+    out.access[fp.rel] = sorted({n for r in have for n in holders.all(r)})
+    out.rules[fp.rel] = fp.rule
+
+    def name(r: str) -> str:
+        return holders.name(r, fp.rule)
+
     for g, r in fp.broken_stanzas:
-        out.add("broken_stanza", f"{fp.rel}: the data key wrapped for {names.get(r, r)} (key group {g + 1}) is "
+        out.add("broken_stanza", f"{fp.rel}: the data key wrapped for {name(r)} (key group {g + 1}) is "
                 "structurally broken, so that key cannot open the file", path=fp.rel, recipient=r)
     for r in have:
-        if r.startswith(SSH_PREFIXES) and (r not in names or out.kinds.get(names[r]) == "host"):
+        if r.startswith(SSH_PREFIXES) and (r not in holders or any(out.kinds.get(n) == "host" for n in holders.all(r))):
             out.add("ssh_recipient", f"{fp.rel} is encrypted to a raw SSH recipient", path=fp.rel)
-        elif r not in names and not any(r in g for g in (fp.wanted or [])):
+        elif r not in holders and not any(r in g for g in (fp.wanted or [])):
             out.add("unknown_recipient", f"{fp.rel} is encrypted to {r}, which no anchor in .sops.yaml names",
                     path=fp.rel, recipient=r)
     if fp.wanted is not None and fp.needs_change:
         parts = []
         if fp.added:
-            parts.append("missing " + ", ".join(names.get(r, r) for r in fp.added))
+            parts.append("missing " + ", ".join(name(r) for r in fp.added))
         if fp.removed:
-            parts.append("extra " + ", ".join(names.get(r, r) for r in fp.removed))
+            parts.append("extra " + ", ".join(name(r) for r in fp.removed))
         out.add("drift", f"{fp.rel} differs from {fp.rule!r}: " + "; ".join(parts or ["key groups differ"]),
                 path=fp.rel)
 
@@ -157,7 +208,7 @@ def run(
     sc = fleet.scan(repo, workers=workers, strict=False)
     cfg = sc.config
     anchors = cfg.anchors()
-    names = {a.recipient: n for n, a in anchors.items()}
+    holders = Holders(anchors, cfg.rules)
     inv_entries = keyinventory.load(repo)
     inv_kinds = {e.anchor: e.kind for e in inv_entries}
     out = Audit()
@@ -179,13 +230,14 @@ def run(
     for rule in cfg.rules:
         used.update(rule.anchors)
     _recipient_types(out, cfg.path, anchors)
+    _duplicate_recipients(out, cfg.path, anchors, holders)
     for name, a in anchors.items():
         if name not in used:
             out.add("unused_anchor", f"{cfg.path}: anchor &{name} is in no creation rule", WARNING, anchor=name,
                     line=a.line)
 
     for fp in sc.files:
-        _file_findings(out, fp, names)
+        _file_findings(out, fp, holders)
     for rel in sc.no_rule:
         out.add("no_rule", f"{rel} is sops-encrypted but no creation rule matches it", path=rel)
     for u in sc.unreadable:

@@ -187,3 +187,45 @@ def test_recipient_types_and_host_keys_sops_nix_cannot_use(repo):
     # An admin's SSH key is a fine sops recipient: only hosts must be what sops-nix can use.
     assert not [f for f in res.findings if f["kind"] == "ssh_recipient"]
     assert res.as_dict()["matrix"]["types"]["alpha"] == "plugin:yubikey"
+
+
+@pytest.mark.parametrize("group", ["users", "hosts"])
+def test_two_anchors_holding_one_recipient(repo, group):
+    # The copy is declared before or after &alpha (users come first in this .sops.yaml): either way both
+    # anchors can open alpha's files, the messages name the anchor alpha's rule uses, and the duplicate is a finding.
+    cfg = SopsConfig.load(repo.file(".sops.yaml"))
+    cfg.ensure_recipient("alpha-copy", repo.recipient("alpha"), group=group)
+    cfg.ensure_recipient("laptop", new_recipient(), group="users")
+    cfg.ensure_rule_member(r"sops/alpha(-\d+)?\.yaml$", "laptop")
+    cfg.save()
+    res = audit.run(repo.path)
+    assert res.access["sops/alpha.yaml"] == ["admin", "alpha", "alpha-copy"]
+    assert res.access["sops/shared.yaml"] == ["admin", "alpha", "alpha-copy", "beta"]
+    dup = [f for f in res.findings if f["kind"] == "duplicate_recipient"]
+    assert len(dup) == 1 and dup[0]["severity"] == "error"
+    assert dup[0]["recipient"] == repo.recipient("alpha") and sorted(dup[0]["anchors"]) == ["alpha", "alpha-copy"]
+    assert f"recipient {repo.recipient('alpha')} is held by anchors &" in dup[0]["message"]
+    assert "&alpha (host)" in dup[0]["message"] and "&alpha-copy (" in dup[0]["message"]
+    dups = res.as_dict()["duplicate_recipients"]
+    assert dups == [{"recipient": repo.recipient("alpha"), "anchors": dup[0]["anchors"]}]
+    drift = next(f for f in res.findings if f["kind"] == "drift" and f["path"] == "sops/alpha.yaml")
+    assert "missing laptop" in drift["message"]
+    # A stanza for the shared key is named after the anchor the file's rule uses, not the copy.
+    path = repo.file("sops/alpha.yaml")
+    sf = engine.load(path)
+    enc = next(s.enc for g in sf.metadata.key_groups for s in g if s.recipient == repo.recipient("alpha"))
+    body = enc.splitlines()[1]
+    text = open(path).read()
+    open(path, "w").write(text.replace(body, body[:10] + "!!!!" + body[14:], 1))
+    broken = next(f for f in audit.run(repo.path).findings if f["kind"] == "broken_stanza")
+    assert "wrapped for alpha (key group 1)" in broken["message"]
+
+
+def test_duplicate_recipient_across_kinds_names_each_kind(repo):
+    cfg = SopsConfig.load(repo.file(".sops.yaml"))
+    cfg.ensure_recipient("beta-admin", repo.recipient("beta"), group="users")
+    cfg.ensure_recipient("beta-too", repo.recipient("beta"), group="users")
+    cfg.save()
+    dup = [f for f in audit.run(repo.path).findings if f["kind"] == "duplicate_recipient"]
+    assert [f["anchors"] for f in dup] == [["beta-admin", "beta-too", "beta"]]
+    assert "&beta-admin (user), &beta-too (user) and &beta (host)" in dup[0]["message"]
