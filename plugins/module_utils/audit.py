@@ -8,13 +8,12 @@ Reads only public data: ``.sops.yaml``, the ``sops`` metadata of each file
 
 from __future__ import annotations
 
-import html
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import breakglass, fleet, keyinventory
 from .age import AgeKeyError, key_type, recipient_kind, redact
+from .errors import NixfleetError
 from .sops_config import RepoFile
 
 SSH_PREFIXES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-", "ssh-dss")
@@ -42,6 +41,10 @@ FIXES = {
 }
 
 
+class AuditError(NixfleetError, ValueError):
+    """Bad audit input (the host -> groups map); the message names the parameter."""
+
+
 @dataclass
 class Audit:
     """Findings plus the access matrix (file x anchor)."""
@@ -55,9 +58,15 @@ class Audit:
     counts: dict[str, int] = field(default_factory=dict)
     rules: dict[str, str | None] = field(default_factory=dict)  # file -> path_regex of its creation rule
     duplicates: list[dict[str, Any]] = field(default_factory=list)  # {recipient, anchors} held by 2+ anchors
+    recipients: dict[str, str] = field(default_factory=dict)  # anchor -> recipient (public)
+    lines: dict[str, int] = field(default_factory=dict)  # anchor -> line in .sops.yaml
+    hosts: list[str] = field(default_factory=list)  # inventory hosts that should have an anchor
+    host_groups: dict[str, list[str]] = field(default_factory=dict)  # inventory host -> its groups
+    keys: list[dict[str, Any]] = field(default_factory=list)  # key inventory entries with age and policy
 
     def add(self, kind: str, message: str, severity: str = ERROR, **where: Any) -> None:
-        item = {"kind": kind, "severity": severity, "message": redact(message), "fix": FIXES.get(kind, "")}
+        item = {"id": f"F{len(self.findings) + 1}", "kind": kind, "severity": severity, "message": redact(message),
+                "fix": FIXES.get(kind, "")}
         item.update({k: redact(v) if isinstance(v, str) else v for k, v in where.items() if v is not None})
         self.findings.append(item)
 
@@ -193,6 +202,31 @@ def _file_findings(out: Audit, fp: fleet.FilePlan, holders: Holders) -> None:
                 path=fp.rel)
 
 
+def _key_ages(inv_entries: list[keyinventory.KeyEntry], max_age_days: dict[str, int]) -> list[dict[str, Any]]:
+    """Each inventory key's public data, its age in days, the policy for its kind and whether it is past it."""
+    out = []
+    for e in inv_entries:
+        age, limit = e.age_days(), max_age_days.get(e.kind)
+        out.append({"anchor": e.anchor, "kind": e.kind, "host": e.host, "recipient": e.recipient,
+                    "created": e.created, "age_days": age, "max_age_days": limit,
+                    "overdue": limit is not None and age > limit})
+    return out
+
+
+def check_host_groups(host_groups: Any) -> dict[str, list[str]]:
+    """The inventory's host -> groups map checked: names are strings, groups a list of strings."""
+    if not isinstance(host_groups, dict):
+        raise AuditError("host_groups: give a mapping of inventory host to its groups, e.g. {alpha: [web, prod]}")
+    out: dict[str, list[str]] = {}
+    for host, groups in host_groups.items():
+        if isinstance(groups, str):
+            groups = [groups]
+        if not isinstance(host, str) or not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise AuditError(f"host_groups.{host}: give a list of group names (the host's group_names)")
+        out[host] = sorted(set(groups))
+    return out
+
+
 def run(
     repo: str,
     hosts: list[str] | None = None,
@@ -201,10 +235,13 @@ def run(
     break_glass_anchor: str | None = None,
     drill_max_age_days: int = breakglass.DRILL_MAX_AGE_DAYS,
     workers: int | None = None,
+    host_groups: dict[str, list[str]] | None = None,
 ) -> Audit:
     """Audit ``repo``. ``hosts`` (inventory hostnames) enables the host-without-key check;
-    ``break_glass_anchor`` enables break-glass coverage (default: an anchor named break-glass if any)."""
+    ``break_glass_anchor`` enables break-glass coverage (default: an anchor named break-glass if any);
+    ``host_groups`` (inventory host -> groups) is kept for the fleet report."""
     max_age_days = keyinventory.check_policy(max_age_days or {})
+    host_groups = check_host_groups(host_groups or {})
     sc = fleet.scan(repo, workers=workers, strict=False)
     cfg = sc.config
     anchors = cfg.anchors()
@@ -214,6 +251,10 @@ def run(
     out = Audit()
     out.anchors = list(anchors)
     out.kinds = {n: _anchor_kind(n, a.group, inv_kinds) for n, a in anchors.items()}
+    out.recipients = {n: a.recipient for n, a in anchors.items()}
+    out.lines = {n: a.line for n, a in anchors.items()}
+    out.hosts, out.host_groups = list(hosts or []), host_groups
+    out.keys = _key_ages(inv_entries, max_age_days)
 
     # The lint sees the plan's files: the repository is walked once, with one skip list.
     repo_files = [RepoFile(fp.rel, True) for fp in sc.files] + [RepoFile(r, False) for r in sc.not_sops]
@@ -278,59 +319,3 @@ def text_table(a: Audit) -> list[str]:
     for item in a.findings:
         lines.append(f"{item['severity'].upper()} [{item['kind']}] {item['message']} -> {item['fix']}")
     return lines
-
-
-def html_report(a: Audit, title: str) -> str:
-    """A self-contained HTML page: the access matrix and the findings. No timestamps, so it is stable."""
-    e = html.escape
-    th = "".join(f"<th title='{e(a.kinds.get(n, ''))}'>{e(n)}<br><small>{e(a.kinds.get(n, ''))}</small></th>"
-                 for n in a.anchors)
-    rows = []
-    for f in a.files:
-        cells = "".join("<td class='y'>&#10003;</td>" if n in a.access[f] else "<td class='n'></td>"
-                        for n in a.anchors)
-        rows.append(f"<tr><th class='f'>{e(f)}</th>{cells}</tr>")
-    finds = "".join(
-        f"<tr class='{e(i['severity'])}'><td>{e(i['severity'])}</td><td>{e(i['kind'])}</td>"
-        f"<td>{e(i['message'])}</td><td>{e(i['fix'])}</td></tr>"
-        for i in a.findings
-    ) or "<tr><td colspan='4'>no findings</td></tr>"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; margin-bottom: 2em; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; }}
-th.f {{ text-align: left; font-family: monospace; font-weight: normal; }}
-td.y {{ background: #d4f4d4; text-align: center; }}
-tr.error td {{ background: #fbe0e0; }} tr.warning td {{ background: #fff4d0; }}
-</style></head><body>
-<h1>{e(title)}</h1>
-<p>{a.counts.get('files', 0)} sops files, {a.counts.get('anchors', 0)} anchors,
-{a.counts.get('errors', 0)} errors, {a.counts.get('warnings', 0)} warnings.</p>
-<h2>Who can decrypt what</h2>
-<table><tr><th>file</th>{th}</tr>
-{''.join(rows)}
-</table>
-<h2>Findings</h2>
-<table><tr><th>severity</th><th>kind</th><th>what</th><th>fix</th></tr>
-{finds}
-</table>
-</body></html>
-"""
-
-
-def write_report(a: Audit, path: str, title: str, check_mode: bool = False) -> bool:
-    """Write the HTML report atomically; True when its content changed."""
-    from .fsutil import CONFIG_LIMIT, atomic_write, make_dirs, read_regular
-
-    text = html_report(a, title)
-    try:
-        if read_regular(path, CONFIG_LIMIT, "report").decode("utf-8", "replace") == text:
-            return False
-    except FileNotFoundError:
-        pass
-    if not check_mode:
-        make_dirs(os.path.dirname(os.path.abspath(path)), 0o755)
-        atomic_write(path, text, default_mode=0o644)
-    return True

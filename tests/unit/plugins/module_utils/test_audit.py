@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -148,10 +149,18 @@ def test_report_html_and_module(repo, tmp_path):
 def test_audit_playbook_prints_the_matrix(repo, tmp_path):
     from tests.lib.runner import run_playbook
 
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    localhost: {ansible_connection: local, "
+                         "ansible_python_interpreter: '{{ ansible_playbook_python }}'}\n"
+                         "  children:\n    nixos:\n      children:\n        web: {hosts: {alpha: {}, beta: {}}}\n"
+                         "        db: {hosts: {beta: {}}}\n")
     run = run_playbook("audit.yml", {"nixfleet_secrets_repo": repo.path,
-                                     "nixfleet_audit_report": str(tmp_path / "a.html")})
+                                     "nixfleet_audit_report": str(tmp_path / "a.html"),
+                                     "nixfleet_audit_report_json": str(tmp_path / "a.json")}, inventory=str(inventory))
     assert run.rc == 0, run.stdout
     assert "sops/shared.yaml" in run.stdout and (tmp_path / "a.html").exists()
+    hosts = {h["name"]: h["groups"] for h in json.loads((tmp_path / "a.json").read_text())["hosts"]}
+    assert hosts == {"alpha": ["nixos", "web"], "beta": ["db", "nixos", "web"]}
     assert subprocess.run(["grep", "-c", "AGE-SECRET-KEY", str(tmp_path / "a.html")],
                           capture_output=True, text=True).stdout.strip() == "0"
 
