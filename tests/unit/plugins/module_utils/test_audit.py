@@ -155,8 +155,7 @@ def test_audit_playbook_prints_the_matrix(repo, tmp_path):
                          "  children:\n    nixos:\n      children:\n        web: {hosts: {alpha: {}, beta: {}}}\n"
                          "        db: {hosts: {beta: {}}}\n")
     run = run_playbook("audit.yml", {"nixfleet_secrets_repo": repo.path,
-                                     "nixfleet_audit_report": str(tmp_path / "a.html"),
-                                     "nixfleet_audit_report_json": str(tmp_path / "a.json")}, inventory=str(inventory))
+                                     "nixfleet_audit_report": str(tmp_path / "a.html")}, inventory=str(inventory))
     assert run.rc == 0, run.stdout
     assert "sops/shared.yaml" in run.stdout and (tmp_path / "a.html").exists()
     hosts = {h["name"]: h["groups"] for h in json.loads((tmp_path / "a.json").read_text())["hosts"]}
