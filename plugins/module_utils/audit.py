@@ -140,7 +140,7 @@ class Holders:
         self.of: dict[str, list[str]] = {}
         for name, a in anchors.items():
             self.of.setdefault(a.recipient, []).append(name)
-        self.rule_anchors: dict[str, list[str]] = {}
+        self.rule_anchors: dict[str | None, list[str]] = {}
         for rule in rules:
             self.rule_anchors.setdefault(rule.path_regex, rule.anchors)
 
@@ -156,7 +156,7 @@ class Holders:
         held = self.of.get(recipient)
         if not held:
             return recipient
-        preferred = self.rule_anchors.get(rule or "", [])
+        preferred = self.rule_anchors.get(rule, []) if rule is not None else []
         return next((n for n in held if n in preferred), held[0])
 
     def duplicates(self) -> dict[str, list[str]]:

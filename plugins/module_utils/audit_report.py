@@ -43,6 +43,17 @@ class _Fleet:
             if held is not None and k["anchor"] in a.recipients and k["anchor"] not in held:
                 held.append(k["anchor"])
         self.host_of = {n: h for h, held in self.anchors_of.items() for n in held}
+        self.holders: dict[str, list[str]] = {}
+        for n, r in a.recipients.items():
+            self.holders.setdefault(r, []).append(n)
+        self.files_of: dict[str, set[str]] = {}
+        for f in a.files:
+            for n in a.access[f]:
+                self.files_of.setdefault(n, set()).add(f)
+        self.keys_of: dict[str, list[dict[str, Any]]] = {}
+        for k in a.keys:
+            for h in {k.get("host"), self.host_of.get(k["anchor"])} - {None}:
+                self.keys_of.setdefault(h, []).append(k)
         self.ids = {("host", h): f"host-{i + 1}" for i, h in enumerate(self.hosts)}
         self.ids.update({("file", f): f"file-{i + 1}" for i, f in enumerate(a.files)})
         self.ids.update({("anchor", n): f"anchor-{i + 1}" for i, n in enumerate(a.anchors)})
@@ -71,7 +82,7 @@ class _Fleet:
     def _also(self, f: dict[str, Any]) -> set[str]:
         """Other rows a finding concerns: the host of each anchor it names, and its file."""
         names = set(f.get("anchors") or []) | {f.get("anchor")}
-        names |= {n for n, r in self.a.recipients.items() if r == f.get("recipient")}
+        names |= set(self.holders.get(f.get("recipient") or "", []))
         rows = {self.ids[("host", self.host_of[n])] for n in names if n in self.host_of}
         rows |= {self.ids[("anchor", n)] for n in names if ("anchor", n) in self.ids}
         if ("file", f.get("path")) in self.ids:
@@ -93,8 +104,8 @@ class _Fleet:
         return {
             "id": self.ids[("host", h)], "name": h, "groups": self.groups_of(h), "in_inventory": h in self.in_inventory,
             "anchors": held, "recipients": {n: self.a.recipients[n] for n in held},
-            "keys": [k for k in self.a.keys if k["anchor"] in held or k.get("host") == h],
-            "files": [f for f in self.a.files if set(held) & set(self.a.access[f])],
+            "keys": self.keys_of.get(h, []),
+            "files": sorted(set().union(*(self.files_of.get(n, set()) for n in held))),
             "findings": [f["id"] for f in found], "severity": _severity(found),
         }
 
@@ -114,7 +125,7 @@ class _Fleet:
         return {
             "id": self.ids[("anchor", n)], "name": n, "kind": self.a.kinds.get(n), "type": self.a.types.get(n),
             "recipient": self.a.recipients[n], "line": self.a.lines.get(n), "host": self.host_of.get(n),
-            "files": sum(1 for f in self.a.files if n in self.a.access[f]),
+            "files": len(self.files_of.get(n, ())),
             "findings": [f["id"] for f in found], "severity": _severity(found),
         }
 
