@@ -177,16 +177,32 @@ def to_json(report: dict[str, Any]) -> str:
     return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
 
 
-def write(path: str, text: str, check_mode: bool = False) -> bool:
-    """Write a report atomically (fsutil); True when its content changed. Check mode writes nothing."""
-    from .fsutil import CONFIG_LIMIT, atomic_write, make_dirs, read_regular
+def write(reports: list[tuple[str, str]], check_mode: bool = False) -> bool:
+    """Write each ``(path, text)`` report whose content changed, all or none (fsutil staging); True if any changed.
 
+    Check mode writes nothing and says whether it would.
+    """
+    from .fsutil import CONFIG_LIMIT, commit_all, discard_staged, make_dirs, read_regular, remove_made_dirs, stage_write
+
+    todo = []
+    for path, text in reports:
+        try:
+            if read_regular(path, CONFIG_LIMIT, "report").decode("utf-8", "replace") == text:
+                continue
+        except FileNotFoundError:
+            pass
+        todo.append((path, text))
+    if check_mode or not todo:
+        return bool(todo)
+    made: list[str] = []
+    staged: list[tuple[str, str]] = []
     try:
-        if read_regular(path, CONFIG_LIMIT, "report").decode("utf-8", "replace") == text:
-            return False
-    except FileNotFoundError:
-        pass
-    if not check_mode:
-        make_dirs(os.path.dirname(os.path.abspath(path)), 0o755)
-        atomic_write(path, text, default_mode=0o644)
+        for path, text in todo:
+            made += make_dirs(os.path.dirname(os.path.abspath(path)), 0o755)
+            staged.append((stage_write(path, text, default_mode=0o644, sync=False), path))
+        commit_all(staged)
+    except BaseException:
+        discard_staged([tmp for tmp, _ in staged])
+        remove_made_dirs(made)
+        raise
     return True

@@ -168,12 +168,9 @@ def main() -> None:
         res = audit.run(p["repo"], p["hosts"], p["max_age_days"], tuple(p["secrets_dirs"]), p["break_glass_anchor"],
                         p["drill_max_age_days"], host_groups=p["host_groups"])
         data = audit_report.build(res, f"nixfleet.sops audit of {p['repo']}")
-        changed = False
-        if p["report_json"]:
-            changed |= audit_report.write(p["report_json"], audit_report.to_json(data), module.check_mode)
-        if p["report_path"]:
-            changed |= audit_report.write(p["report_path"], audit_html.render(data), module.check_mode)
-        return res, data, changed
+        reports = [(p["report_json"], audit_report.to_json(data))] if p["report_json"] else []
+        reports += [(p["report_path"], audit_html.render(data))] if p["report_path"] else []
+        return res, data, audit_report.write(reports, module.check_mode)
 
     res, data, changed = run_guarded(module, work)
     out = dict(changed=changed, report=audit.text_table(res), report_path=p["report_path"],
