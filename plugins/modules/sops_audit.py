@@ -73,7 +73,7 @@ options:
 attributes:
   check_mode:
     support: full
-    description: The audit only reads; in check mode the reports are not written, and RV(changed) says whether they
+    description: The audit only reads; in check mode the reports are not written, and C(changed) says whether they
       would be.
   diff_mode:
     support: none
