@@ -13,11 +13,10 @@ import pytest
 from ansible_collections.nixfleet.sops.plugins.module_utils import keyinventory
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig
 
-from tests.lib.browser import dump_dom, png_stats, screenshot
+from tests.lib.browser import Page, dump_dom, png_stats, screenshot
 from tests.lib.inproc import run_module_inproc
 from tests.lib.runner import REPO
 from tests.lib.secrets_repo import make_repo
-from tests.unit.plugins.module_utils.test_audit_report import Page
 
 OUTPUT = os.path.join(REPO, "tests", "output")
 HOSTILE = "<script>alert(1)</script>"

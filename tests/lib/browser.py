@@ -11,6 +11,7 @@ import shutil
 import struct
 import subprocess
 import zlib
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,25 @@ def png_stats(png: str) -> tuple[int, int, float]:
         pos += 12 + length
     raw = zlib.decompress(idat)
     return width, height, 1 - raw.count(0) / max(len(raw), 1)
+
+
+class Page(HTMLParser):
+    """Ids, in-page links, filterable rows (id -> attributes) and script tags of an HTML page."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.ids: list[str] = []
+        self.links: list[str] = []
+        self.rows: dict[str, dict[str, str]] = {}
+        self.scripts = 0
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        if "id" in a:
+            self.ids.append(a["id"])
+        if tag == "a" and a.get("href", "").startswith("#"):
+            self.links.append(a["href"][1:])
+        if tag == "tr" and "data-sev" in a:
+            self.rows[a.get("id") or f"#{len(self.rows)}"] = a
+        self.scripts += tag == "script"

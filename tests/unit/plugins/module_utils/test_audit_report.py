@@ -6,35 +6,13 @@ The 200-host fleet in headless Chromium is tests/integration/test_audit_fleet_re
 from __future__ import annotations
 
 import json
-from html.parser import HTMLParser
 
 import pytest
 from ansible_collections.nixfleet.sops.plugins.module_utils import age, audit, audit_html, audit_report, keyinventory
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig
 
+from tests.lib.browser import Page
 from tests.lib.secrets_repo import make_repo
-
-
-class Page(HTMLParser):
-    """Ids, in-page links, rows (id -> attributes) and text of an HTML page."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.ids: list[str] = []
-        self.links: list[str] = []
-        self.rows: dict[str, dict[str, str]] = {}
-        self.scripts = 0
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        a = {k: v or "" for k, v in attrs}
-        if "id" in a:
-            self.ids.append(a["id"])
-        if tag == "a" and a.get("href", "").startswith("#"):
-            self.links.append(a["href"][1:])
-        if tag == "tr" and "data-sev" in a:
-            self.rows[a.get("id") or f"#{len(self.rows)}"] = a
-        self.scripts += tag == "script"
 
 
 @pytest.fixture
