@@ -8,13 +8,12 @@ Reads only public data: ``.sops.yaml``, the ``sops`` metadata of each file
 
 from __future__ import annotations
 
-import html
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import breakglass, fleet, keyinventory
 from .age import AgeKeyError, key_type, recipient_kind, redact
+from .errors import NixfleetError
 from .sops_config import RepoFile
 
 SSH_PREFIXES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-", "ssh-dss")
@@ -35,9 +34,15 @@ FIXES = {
     "key_too_old": "rotate it: ansible-playbook playbooks/rotate_keys.yml -l HOST -e nixfleet_rotate=due",
     "break_glass_missing": "add the break-glass anchor to every rule and rekey (playbooks/break_glass.yml)",
     "broken_stanza": "run playbooks/rekey.yml: it wraps the data key again for every recipient (as sops updatekeys)",
+    "duplicate_recipient": "give each anchor its own key: remove the copy (nixfleet.sops.sops_recipient state=absent) "
+    "or rotate one of them, then rekey; revoking one anchor leaves the key able to open files through the other",
     "host_recipient_unusable": "give the host its SSH host key's age1… recipient (nixfleet.sops.ssh_to_age) or an "
     "X25519/post-quantum key sops-nix has in its key file, then rekey",
 }
+
+
+class AuditError(NixfleetError, ValueError):
+    """Bad audit input (the host -> groups map); the message names the parameter."""
 
 
 @dataclass
@@ -51,9 +56,17 @@ class Audit:
     types: dict[str, str] = field(default_factory=dict)  # anchor -> key type (x25519, pq, ssh-ed25519, plugin:…)
     access: dict[str, list[str]] = field(default_factory=dict)  # file -> anchors that can decrypt it
     counts: dict[str, int] = field(default_factory=dict)
+    rules: dict[str, str | None] = field(default_factory=dict)  # file -> path_regex of its creation rule
+    duplicates: list[dict[str, Any]] = field(default_factory=list)  # {recipient, anchors} held by 2+ anchors
+    recipients: dict[str, str] = field(default_factory=dict)  # anchor -> recipient (public)
+    lines: dict[str, int] = field(default_factory=dict)  # anchor -> line in .sops.yaml
+    hosts: list[str] = field(default_factory=list)  # inventory hosts that should have an anchor
+    host_groups: dict[str, list[str]] = field(default_factory=dict)  # inventory host -> its groups
+    keys: list[dict[str, Any]] = field(default_factory=list)  # key inventory entries with age and policy
 
     def add(self, kind: str, message: str, severity: str = ERROR, **where: Any) -> None:
-        item = {"kind": kind, "severity": severity, "message": redact(message), "fix": FIXES.get(kind, "")}
+        item = {"id": f"F{len(self.findings) + 1}", "kind": kind, "severity": severity, "message": redact(message),
+                "fix": FIXES.get(kind, "")}
         item.update({k: redact(v) if isinstance(v, str) else v for k, v in where.items() if v is not None})
         self.findings.append(item)
 
@@ -62,6 +75,7 @@ class Audit:
             "findings": self.findings,
             "matrix": {"files": self.files, "anchors": self.anchors, "access": self.access, "types": self.types},
             "counts": self.counts,
+            "duplicate_recipients": self.duplicates,
         }
 
 
@@ -118,28 +132,99 @@ def _break_glass(out: Audit, sc: fleet.Plan, inventory: list[keyinventory.KeyEnt
         out.add(f["kind"], f["message"], f["severity"], anchor=f["anchor"])
 
 
-def _file_findings(out: Audit, fp: fleet.FilePlan, names: dict[str, str]) -> None:
+class Holders:
+    """Which anchors hold each recipient. Two anchors may hold one key: every holder can open what it opens,
+    and a message names the one the file's creation rule uses (else the first in ``.sops.yaml``)."""
+
+    def __init__(self, anchors: dict[str, Any], rules: list[Any]) -> None:
+        self.of: dict[str, list[str]] = {}
+        for name, a in anchors.items():
+            self.of.setdefault(a.recipient, []).append(name)
+        self.rule_anchors: dict[str | None, list[str]] = {}
+        for rule in rules:
+            self.rule_anchors.setdefault(rule.path_regex, rule.anchors)
+
+    def __contains__(self, recipient: str) -> bool:
+        return recipient in self.of
+
+    def all(self, recipient: str) -> list[str]:
+        """Every anchor holding ``recipient`` (none for a stranger)."""
+        return self.of.get(recipient, [])
+
+    def name(self, recipient: str, rule: str | None = None) -> str:
+        """The anchor to name for ``recipient`` in a file matched by ``rule`` (the recipient itself if none)."""
+        held = self.of.get(recipient)
+        if not held:
+            return recipient
+        preferred = self.rule_anchors.get(rule, []) if rule is not None else []
+        return next((n for n in held if n in preferred), held[0])
+
+    def duplicates(self) -> dict[str, list[str]]:
+        """Recipients held by more than one anchor, in ``.sops.yaml`` order."""
+        return {r: held for r, held in self.of.items() if len(held) > 1}
+
+
+def _duplicate_recipients(out: Audit, config_path: str, anchors: dict[str, Any], holders: Holders) -> None:
+    for r, held in holders.duplicates().items():
+        named = [f"&{n} ({out.kinds.get(n, 'key')})" for n in held]
+        out.duplicates.append({"recipient": r, "anchors": held})
+        out.add("duplicate_recipient", f"{config_path}: recipient {r} is held by anchors "
+                + ", ".join(named[:-1]) + " and " + named[-1], recipient=r, anchor=held[0],
+                anchors=held, line=anchors[held[1]].line)
+
+
+def _file_findings(out: Audit, fp: fleet.FilePlan, holders: Holders) -> None:
     """One sops file: who can open it, and what is out of place (broken stanzas, raw SSH, strangers, drift)."""
     out.files.append(fp.rel)
     have = [r for g in fp.current for r in g]
-    out.access[fp.rel] = sorted(names[r] for r in have if r in names)
+    out.access[fp.rel] = sorted({n for r in have for n in holders.all(r)})
+    out.rules[fp.rel] = fp.rule
+
+    def name(r: str) -> str:
+        return holders.name(r, fp.rule)
+
     for g, r in fp.broken_stanzas:
-        out.add("broken_stanza", f"{fp.rel}: the data key wrapped for {names.get(r, r)} (key group {g + 1}) is "
+        out.add("broken_stanza", f"{fp.rel}: the data key wrapped for {name(r)} (key group {g + 1}) is "
                 "structurally broken, so that key cannot open the file", path=fp.rel, recipient=r)
     for r in have:
-        if r.startswith(SSH_PREFIXES) and (r not in names or out.kinds.get(names[r]) == "host"):
+        if r.startswith(SSH_PREFIXES) and (r not in holders or any(out.kinds.get(n) == "host" for n in holders.all(r))):
             out.add("ssh_recipient", f"{fp.rel} is encrypted to a raw SSH recipient", path=fp.rel)
-        elif r not in names and not any(r in g for g in (fp.wanted or [])):
+        elif r not in holders and not any(r in g for g in (fp.wanted or [])):
             out.add("unknown_recipient", f"{fp.rel} is encrypted to {r}, which no anchor in .sops.yaml names",
                     path=fp.rel, recipient=r)
     if fp.wanted is not None and fp.needs_change:
         parts = []
         if fp.added:
-            parts.append("missing " + ", ".join(names.get(r, r) for r in fp.added))
+            parts.append("missing " + ", ".join(name(r) for r in fp.added))
         if fp.removed:
-            parts.append("extra " + ", ".join(names.get(r, r) for r in fp.removed))
+            parts.append("extra " + ", ".join(name(r) for r in fp.removed))
         out.add("drift", f"{fp.rel} differs from {fp.rule!r}: " + "; ".join(parts or ["key groups differ"]),
                 path=fp.rel)
+
+
+def _key_ages(inv_entries: list[keyinventory.KeyEntry], max_age_days: dict[str, int]) -> list[dict[str, Any]]:
+    """Each inventory key's public data, its age in days, the policy for its kind and whether it is past it."""
+    out = []
+    for e in inv_entries:
+        age, limit = e.age_days(), max_age_days.get(e.kind)
+        out.append({"anchor": e.anchor, "kind": e.kind, "host": e.host, "recipient": e.recipient,
+                    "created": e.created, "age_days": age, "max_age_days": limit,
+                    "overdue": limit is not None and age > limit})
+    return out
+
+
+def check_host_groups(host_groups: Any) -> dict[str, list[str]]:
+    """The inventory's host -> groups map checked: names are strings, groups a list of strings."""
+    if not isinstance(host_groups, dict):
+        raise AuditError("host_groups: give a mapping of inventory host to its groups, e.g. {alpha: [web, prod]}")
+    out: dict[str, list[str]] = {}
+    for host, groups in host_groups.items():
+        if isinstance(groups, str):
+            groups = [groups]
+        if not isinstance(host, str) or not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise AuditError(f"host_groups.{host}: give a list of group names (the host's group_names)")
+        out[host] = sorted(set(groups))
+    return out
 
 
 def run(
@@ -150,19 +235,26 @@ def run(
     break_glass_anchor: str | None = None,
     drill_max_age_days: int = breakglass.DRILL_MAX_AGE_DAYS,
     workers: int | None = None,
+    host_groups: dict[str, list[str]] | None = None,
 ) -> Audit:
     """Audit ``repo``. ``hosts`` (inventory hostnames) enables the host-without-key check;
-    ``break_glass_anchor`` enables break-glass coverage (default: an anchor named break-glass if any)."""
+    ``break_glass_anchor`` enables break-glass coverage (default: an anchor named break-glass if any);
+    ``host_groups`` (inventory host -> groups) is kept for the fleet report."""
     max_age_days = keyinventory.check_policy(max_age_days or {})
+    host_groups = check_host_groups(host_groups or {})
     sc = fleet.scan(repo, workers=workers, strict=False)
     cfg = sc.config
     anchors = cfg.anchors()
-    names = {a.recipient: n for n, a in anchors.items()}
+    holders = Holders(anchors, cfg.rules)
     inv_entries = keyinventory.load(repo)
     inv_kinds = {e.anchor: e.kind for e in inv_entries}
     out = Audit()
     out.anchors = list(anchors)
     out.kinds = {n: _anchor_kind(n, a.group, inv_kinds) for n, a in anchors.items()}
+    out.recipients = {n: a.recipient for n, a in anchors.items()}
+    out.lines = {n: a.line for n, a in anchors.items()}
+    out.hosts, out.host_groups = list(hosts or []), host_groups
+    out.keys = _key_ages(inv_entries, max_age_days)
 
     # The lint sees the plan's files: the repository is walked once, with one skip list.
     repo_files = [RepoFile(fp.rel, True) for fp in sc.files] + [RepoFile(r, False) for r in sc.not_sops]
@@ -179,13 +271,14 @@ def run(
     for rule in cfg.rules:
         used.update(rule.anchors)
     _recipient_types(out, cfg.path, anchors)
+    _duplicate_recipients(out, cfg.path, anchors, holders)
     for name, a in anchors.items():
         if name not in used:
             out.add("unused_anchor", f"{cfg.path}: anchor &{name} is in no creation rule", WARNING, anchor=name,
                     line=a.line)
 
     for fp in sc.files:
-        _file_findings(out, fp, names)
+        _file_findings(out, fp, holders)
     for rel in sc.no_rule:
         out.add("no_rule", f"{rel} is sops-encrypted but no creation rule matches it", path=rel)
     for u in sc.unreadable:
@@ -226,59 +319,3 @@ def text_table(a: Audit) -> list[str]:
     for item in a.findings:
         lines.append(f"{item['severity'].upper()} [{item['kind']}] {item['message']} -> {item['fix']}")
     return lines
-
-
-def html_report(a: Audit, title: str) -> str:
-    """A self-contained HTML page: the access matrix and the findings. No timestamps, so it is stable."""
-    e = html.escape
-    th = "".join(f"<th title='{e(a.kinds.get(n, ''))}'>{e(n)}<br><small>{e(a.kinds.get(n, ''))}</small></th>"
-                 for n in a.anchors)
-    rows = []
-    for f in a.files:
-        cells = "".join("<td class='y'>&#10003;</td>" if n in a.access[f] else "<td class='n'></td>"
-                        for n in a.anchors)
-        rows.append(f"<tr><th class='f'>{e(f)}</th>{cells}</tr>")
-    finds = "".join(
-        f"<tr class='{e(i['severity'])}'><td>{e(i['severity'])}</td><td>{e(i['kind'])}</td>"
-        f"<td>{e(i['message'])}</td><td>{e(i['fix'])}</td></tr>"
-        for i in a.findings
-    ) or "<tr><td colspan='4'>no findings</td></tr>"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; margin-bottom: 2em; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; }}
-th.f {{ text-align: left; font-family: monospace; font-weight: normal; }}
-td.y {{ background: #d4f4d4; text-align: center; }}
-tr.error td {{ background: #fbe0e0; }} tr.warning td {{ background: #fff4d0; }}
-</style></head><body>
-<h1>{e(title)}</h1>
-<p>{a.counts.get('files', 0)} sops files, {a.counts.get('anchors', 0)} anchors,
-{a.counts.get('errors', 0)} errors, {a.counts.get('warnings', 0)} warnings.</p>
-<h2>Who can decrypt what</h2>
-<table><tr><th>file</th>{th}</tr>
-{''.join(rows)}
-</table>
-<h2>Findings</h2>
-<table><tr><th>severity</th><th>kind</th><th>what</th><th>fix</th></tr>
-{finds}
-</table>
-</body></html>
-"""
-
-
-def write_report(a: Audit, path: str, title: str, check_mode: bool = False) -> bool:
-    """Write the HTML report atomically; True when its content changed."""
-    from .fsutil import CONFIG_LIMIT, atomic_write, make_dirs, read_regular
-
-    text = html_report(a, title)
-    try:
-        if read_regular(path, CONFIG_LIMIT, "report").decode("utf-8", "replace") == text:
-            return False
-    except FileNotFoundError:
-        pass
-    if not check_mode:
-        make_dirs(os.path.dirname(os.path.abspath(path)), 0o755)
-        atomic_write(path, text, default_mode=0o644)
-    return True

@@ -181,6 +181,11 @@ case("sops_rotate", "anchor", ("ghost", "no anchor"))(lambda w: _fleet(w, anchor
 _identity_cases("sops_rotate", _fleet)
 _identity_cases("sops_rekey", lambda w: _fleet(w), needs_open=False)
 case("sops_audit", "report_fifo", ("fifo", "FIFO"))(lambda w: _audit(w, report_path=w.bad["fifo"]))
+case("sops_audit", "report_json_fifo", ("fifo", "FIFO"))(lambda w: _audit(w, report_json=w.bad["fifo"]))
+case("sops_audit", "reports_one_path", ("report_json and report_path", "two paths"))(
+    lambda w: _audit(w, report_json=os.path.join(w.base, "r"), report_path=os.path.join(w.base, ".", "r")))
+case("sops_audit", "host_groups_not_names", ("host_groups.alpha", "list of group names"))(
+    lambda w: _audit(w, host_groups={"alpha": [{"web": 1}]}))
 
 
 def _foreign_link(w: World) -> str:

@@ -57,7 +57,8 @@ OPERATIONS: list[tuple[str, Callable[[World], None], str, Callable[[World], dict
     ("age_keypair", lambda w: None, "age_keypair", lambda w: {"path": os.path.join(w.base, "home", "new.txt")}),
     ("ssh_keypair", lambda w: None, "ssh_keypair", lambda w: {"path": os.path.join(w.base, "home", "id_new")}),
     ("audit_report", lambda w: None, "sops_audit",
-     lambda w: {"repo": w.path, "report_path": os.path.join(w.base, "home", "audit.html")}),
+     lambda w: {"repo": w.path, "report_path": os.path.join(w.base, "home", "audit.html"),
+                "report_json": os.path.join(w.base, "home", "reports", "audit.json")}),
 ]
 
 

@@ -17,14 +17,13 @@ import pytest
 from ansible_collections.nixfleet.sops.plugins.module_utils import age, breakglass, keyinventory, paperkey
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig
 
+from tests.lib.browser import screenshot
 from tests.lib.inproc import run_module_inproc
 from tests.lib.runner import REPO, ansible_env, run_playbook
 from tests.lib.secrets_repo import make_repo, sops_decrypt
 
 ROW = re.compile(r'<tr><td class="n">(\d+)</td><td>([^<]*)</td><td class="sum">([0-9a-f]{4})</td></tr>')
 OUTPUT = os.path.join(REPO, "tests", "output")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def page_lines(path: str) -> str:
@@ -234,17 +233,6 @@ def test_drill_asks_for_the_key_and_the_shares_without_echo(tmp_path, env):
     assert_no_secret(out, paperkey.combine_shares(shares[:2]), shares)
 
 
-def _screenshot(page: str, png: str, tmp_path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("chromium is not installed; run `make test` (it installs it)")
-    profile = tmp_path / f"profile-{os.path.basename(png)}"
-    profile.mkdir()
-    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}",
-                    "--window-size=900,1300", "file://" + page], capture_output=True, timeout=120, check=True)
-    assert os.path.getsize(png) > 10_000
-
-
 def _zbar(png: str) -> str:
     zbarimg = shutil.which("zbarimg")
     if zbarimg is None:
@@ -262,12 +250,12 @@ def test_paper_page_renders_and_its_qr_code_decodes_to_the_key(tmp_path):
     identity = paperkey.parse_identity(page_lines(page))
     assert age.recipient_from_identity(identity) == whole.recipient
     png = os.path.join(OUTPUT, "break_glass_key.png")
-    _screenshot(page, png, tmp_path)
+    screenshot(page, png, tmp_path)
     assert _zbar(png) == identity
 
     split = breakglass.generate(str(tmp_path / "split"), "home", shares=5, threshold=3)
     png = os.path.join(OUTPUT, "break_glass_share.png")
-    _screenshot(split.pages[1], png, tmp_path)
+    screenshot(split.pages[1], png, tmp_path)
     mnemonic = _zbar(png)
     assert mnemonic == page_words(split.pages[1])
     others = [page_words(p) for p in (split.pages[0], split.pages[4])]

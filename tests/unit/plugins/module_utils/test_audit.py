@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -148,10 +149,17 @@ def test_report_html_and_module(repo, tmp_path):
 def test_audit_playbook_prints_the_matrix(repo, tmp_path):
     from tests.lib.runner import run_playbook
 
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    localhost: {ansible_connection: local, "
+                         "ansible_python_interpreter: '{{ ansible_playbook_python }}'}\n"
+                         "  children:\n    nixos:\n      children:\n        web: {hosts: {alpha: {}, beta: {}}}\n"
+                         "        db: {hosts: {beta: {}}}\n")
     run = run_playbook("audit.yml", {"nixfleet_secrets_repo": repo.path,
-                                     "nixfleet_audit_report": str(tmp_path / "a.html")})
+                                     "nixfleet_audit_report": str(tmp_path / "a.html")}, inventory=str(inventory))
     assert run.rc == 0, run.stdout
     assert "sops/shared.yaml" in run.stdout and (tmp_path / "a.html").exists()
+    hosts = {h["name"]: h["groups"] for h in json.loads((tmp_path / "a.json").read_text())["hosts"]}
+    assert hosts == {"alpha": ["nixos", "web"], "beta": ["db", "nixos", "web"]}
     assert subprocess.run(["grep", "-c", "AGE-SECRET-KEY", str(tmp_path / "a.html")],
                           capture_output=True, text=True).stdout.strip() == "0"
 
@@ -187,3 +195,45 @@ def test_recipient_types_and_host_keys_sops_nix_cannot_use(repo):
     # An admin's SSH key is a fine sops recipient: only hosts must be what sops-nix can use.
     assert not [f for f in res.findings if f["kind"] == "ssh_recipient"]
     assert res.as_dict()["matrix"]["types"]["alpha"] == "plugin:yubikey"
+
+
+@pytest.mark.parametrize("group", ["users", "hosts"])
+def test_two_anchors_holding_one_recipient(repo, group):
+    # The copy is declared before or after &alpha (users come first in this .sops.yaml): either way both
+    # anchors can open alpha's files, the messages name the anchor alpha's rule uses, and the duplicate is a finding.
+    cfg = SopsConfig.load(repo.file(".sops.yaml"))
+    cfg.ensure_recipient("alpha-copy", repo.recipient("alpha"), group=group)
+    cfg.ensure_recipient("laptop", new_recipient(), group="users")
+    cfg.ensure_rule_member(r"sops/alpha(-\d+)?\.yaml$", "laptop")
+    cfg.save()
+    res = audit.run(repo.path)
+    assert res.access["sops/alpha.yaml"] == ["admin", "alpha", "alpha-copy"]
+    assert res.access["sops/shared.yaml"] == ["admin", "alpha", "alpha-copy", "beta"]
+    dup = [f for f in res.findings if f["kind"] == "duplicate_recipient"]
+    assert len(dup) == 1 and dup[0]["severity"] == "error"
+    assert dup[0]["recipient"] == repo.recipient("alpha") and sorted(dup[0]["anchors"]) == ["alpha", "alpha-copy"]
+    assert f"recipient {repo.recipient('alpha')} is held by anchors &" in dup[0]["message"]
+    assert "&alpha (host)" in dup[0]["message"] and "&alpha-copy (" in dup[0]["message"]
+    dups = res.as_dict()["duplicate_recipients"]
+    assert dups == [{"recipient": repo.recipient("alpha"), "anchors": dup[0]["anchors"]}]
+    drift = next(f for f in res.findings if f["kind"] == "drift" and f["path"] == "sops/alpha.yaml")
+    assert "missing laptop" in drift["message"]
+    # A stanza for the shared key is named after the anchor the file's rule uses, not the copy.
+    path = repo.file("sops/alpha.yaml")
+    sf = engine.load(path)
+    enc = next(s.enc for g in sf.metadata.key_groups for s in g if s.recipient == repo.recipient("alpha"))
+    body = enc.splitlines()[1]
+    text = open(path).read()
+    open(path, "w").write(text.replace(body, body[:10] + "!!!!" + body[14:], 1))
+    broken = next(f for f in audit.run(repo.path).findings if f["kind"] == "broken_stanza")
+    assert "wrapped for alpha (key group 1)" in broken["message"]
+
+
+def test_duplicate_recipient_across_kinds_names_each_kind(repo):
+    cfg = SopsConfig.load(repo.file(".sops.yaml"))
+    cfg.ensure_recipient("beta-admin", repo.recipient("beta"), group="users")
+    cfg.ensure_recipient("beta-too", repo.recipient("beta"), group="users")
+    cfg.save()
+    dup = [f for f in audit.run(repo.path).findings if f["kind"] == "duplicate_recipient"]
+    assert [f["anchors"] for f in dup] == [["beta-admin", "beta-too", "beta"]]
+    assert "&beta-admin (user), &beta-too (user) and &beta (host)" in dup[0]["message"]
