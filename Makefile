@@ -1,6 +1,7 @@
 # nixfleet.sops — everything a user or CI runs goes through here.
 #   make demo   bootstrap a demo host into a throwaway secrets repo (installs what it needs)
 #   make test   the whole test suite (installs what it needs)
+#   make ee     the execution environment for AWX / Automation Platform, and rekey.yml run in it
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -15,17 +16,20 @@ APT_DEMO := git python3-venv
 # gnupg: a throwaway PGP key beside age in interop tests; chromium and zbar-tools: the break-glass paper
 # page rendered headless and its QR code read back.
 APT_TEST := $(APT_DEMO) age gnupg openssh-client podman runc debootstrap uidmap chromium zbar-tools
+# make ee: the base image is debootstrapped and the execution environment built and run with podman.
+APT_EE := $(APT_DEMO) podman runc debootstrap
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(COLL_ROOT)
 export SOPS_DISABLE_VERSION_CHECK := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help deps deps-test venv collection lint unit test demo docs clean bench
+.PHONY: help deps deps-test venv collection lint unit test demo docs clean bench ee
 
 help:
 	@echo "make demo   - run bootstrap on the built-in demo (throwaway secrets repo + demo host)"
 	@echo "make test   - run the whole test suite"
 	@echo "make bench  - benchmarks against the sops binary"
+	@echo "make ee     - build the execution environment (AWX) and run rekey.yml in it"
 
 # System packages (Debian). Only installs what is missing; needs root or sudo.
 define apt_install
@@ -82,5 +86,21 @@ demo: venv collection
 bench: venv collection
 	$(BIN)/python benchmarks/rekey_vs_sops.py
 
+# Execution environment: a debootstrapped base (no registry to pull from), the collection built from
+# this tree, ansible-builder on top; then tests/ee runs rekey.yml inside it (minutes, not in `make test`).
+EE_IMAGE ?= localhost/nixfleet-ee:latest
+ee: venv collection
+	$(call apt_install,$(APT_EE))
+	ee/build-base.sh
+	rm -rf ee/dist && mkdir -p ee/dist
+	$(BIN)/ansible-galaxy collection build --output-path ee/dist .
+	mv ee/dist/nixfleet-sops-*.tar.gz ee/dist/nixfleet-sops.tar.gz
+	start=$$(date +%s); \
+	$(BIN)/ansible-builder build -f execution-environment.yml -c ee/context -t $(EE_IMAGE) \
+	  --container-runtime podman --extra-build-cli-args='--network host'; \
+	echo "ee: built $(EE_IMAGE) in $$(( $$(date +%s) - start ))s," \
+	  "$$(( $$(podman image inspect --format '{{ .Size }}' $(EE_IMAGE)) / 1000000 )) MB"
+	NIXFLEET_EE_IMAGE=$(EE_IMAGE) $(BIN)/pytest -q -s -m ee tests/ee
+
 clean:
-	rm -rf $(VENV) $(COLL_ROOT) demo
+	rm -rf $(VENV) $(COLL_ROOT) demo ee/dist ee/context
