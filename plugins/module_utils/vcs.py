@@ -10,7 +10,7 @@ No jj binary exists on the build machine, so the jj path is tested against a
 recorded command contract (a stand-in ``jj`` that checks the arguments it is
 given): ``jj diff --summary -- PATHS``, ``jj commit -m MSG -- PATHS``,
 ``jj bookmark set NAME -r @-``, ``jj log -r @- --no-graph -T commit_id``,
-``jj git push --bookmark NAME``.
+``jj git push --bookmark NAME``, ``jj git init --colocate`` (a new repository).
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ def _relpaths(repo: str, paths: Sequence[str]) -> list[str]:
 
 
 class _Vcs:
+    init_command: list[str] = []
+
     def __init__(self, repo: str, runner: Runner | None = None) -> None:
         self.repo = repo
         self.run_cmd = runner or _default_runner
@@ -88,6 +90,8 @@ class _Vcs:
 
 
 class _Git(_Vcs):
+    init_command = ["git", "init", "-q"]
+
     def changed(self, rels: list[str]) -> bool:
         return bool(self.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *rels]).strip())
 
@@ -121,6 +125,9 @@ class _Git(_Vcs):
 
 
 class _Jj(_Vcs):
+    # Colocated: the repository stays a git repository for forges, sops-nix flakes and git users.
+    init_command = ["jj", "git", "init", "--colocate"]
+
     def changed(self, rels: list[str]) -> bool:
         return bool(self.run(["jj", "diff", "--summary", "--", *rels]).strip())
 
@@ -145,6 +152,23 @@ class _Jj(_Vcs):
         res.commands.append(cmd)
         if not check_mode:
             self.run(cmd)
+
+
+def init(repo: str, kind: str = "git", check_mode: bool = False, runner: Runner | None = None) -> list[str]:
+    """Make the existing directory ``repo`` a ``kind`` (git or jj, colocated) repository; return the command.
+
+    The tool must be installed; in check mode only that is checked and nothing runs.
+    """
+    if kind not in ("git", "jj"):
+        raise VcsError(f"vcs must be git or jj, not {kind!r}")
+    impl: _Vcs = _Jj(repo, runner) if kind == "jj" else _Git(repo, runner)
+    cmd = list(impl.init_command)
+    if runner is None and shutil.which(kind) is None:
+        raise VcsError(f"{kind} is not installed; it is needed to make {repo} a {kind} repository "
+                       f"(install it, or choose {'git' if kind == 'jj' else 'jj'})")
+    if not check_mode:
+        impl.run(cmd)
+    return cmd
 
 
 def commit(

@@ -75,7 +75,7 @@ recipient:
   description:
     - The C(age1…) recipient of the identity (absent when O(state=absent)).
     - In check mode, when a new identity would be generated, the text C((a new age identity would be generated))
-      instead: the real run makes another key than any check mode could show.
+      instead, since the real run makes another key than any check mode could show.
   returned: when state is present
   type: str
   sample: age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p

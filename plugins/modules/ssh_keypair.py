@@ -71,7 +71,7 @@ public_key:
   description:
     - The public key line.
     - In check mode, when a new key would be generated, the text C((a new ssh key would be generated)) instead
-      (also for RV(age_recipient)): the real run makes another key than any check mode could show.
+      (also for RV(age_recipient)), since the real run makes another key than any check mode could show.
   returned: when state is present
   type: str
   sample: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG… root@griefling
