@@ -28,6 +28,8 @@ key it would generate is shown as such, never invented.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +149,15 @@ def _foreign_entries(repo: str) -> list[str]:
     return out
 
 
+def _has_history(repo: str) -> bool:
+    """True when ``repo`` is a git repository (or a colocated jj one) with at least one commit."""
+    if not os.path.isdir(os.path.join(repo, ".git")) or shutil.which("git") is None:
+        return False
+    proc = subprocess.run(["git", "-C", repo, "rev-parse", "--verify", "-q", "HEAD"], capture_output=True,
+                          stdin=subprocess.DEVNULL, check=False)
+    return proc.returncode == 0
+
+
 def _names_admin(config: SopsConfig | None, anchor: str, recipient: str | None) -> bool:
     """True when there is no .sops.yaml yet, or it holds ``&anchor`` with the admin's recipient."""
     if config is None:
@@ -210,6 +221,8 @@ def init_repo(
     foreign = _foreign_entries(repo)
     config_path = os.path.join(repo, CONFIG_NAME)
     config = SopsConfig.load(config_path) if os.path.lexists(config_path) else None
+    if config is None and _has_history(repo):
+        foreign.append("commits (git log)")  # a repository with a history is someone's, even when its tree is empty
     if not force and (foreign or not _names_admin(config, admin_anchor, recipient)):
         raise _refusal(repo, foreign, admin_anchor, recipient or f"a new key for {res.admin_key_file}")
 

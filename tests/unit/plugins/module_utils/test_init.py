@@ -109,6 +109,25 @@ def test_refuses_a_directory_with_other_files_and_an_existing_repository(tmp_pat
     assert git(existing.path, "rev-parse", "HEAD") == head
 
 
+def test_refuses_a_repository_with_history_even_when_its_tree_is_empty(tmp_path):
+    repo = tmp_path / "r"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "notes.txt").write_text("x\n")
+    git(repo, "add", "notes.txt")
+    git(repo, "commit", "-q", "-m", "one")
+    git(repo, "rm", "-q", "notes.txt")
+    git(repo, "commit", "-q", "-m", "two")
+    before = snapshot(tmp_path)
+    with pytest.raises(init.InitError, match=r"holds commits \(git log\)"):
+        init.init_repo(str(repo), admin_key_file=str(tmp_path / "keys.txt"))
+    assert snapshot(tmp_path) == before
+    # An empty clone (a repository without commits) is what a forge hands out: it is taken as it is.
+    empty = tmp_path / "empty"
+    subprocess.run(["git", "init", "-q", str(empty)], check=True)
+    assert init.init_repo(str(empty), admin_key_file=str(tmp_path / "keys.txt")).changed
+
+
 def test_force_adds_only_what_is_missing(tmp_path):
     repo, key = tmp_path / "r", tmp_path / "keys.txt"
     repo.mkdir()
