@@ -254,7 +254,7 @@ def init_repo(
         _write(repo, writes, None if has_vcs else res.vcs, runner)
     paths = [CONFIG_NAME, SHARED_FILE, keyinventory.INVENTORY_PATH]
     if check_mode and (writes or not has_vcs):
-        res.commands.append([res.vcs, "commit", "-m", commit_message, "--", *paths])
+        res.commands += vcs.planned_commands(res.vcs, paths, commit_message)
         committed = True
     else:
         done = vcs.commit(repo, paths, commit_message, vcs=res.vcs, check_mode=check_mode, runner=runner)

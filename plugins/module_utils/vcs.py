@@ -102,14 +102,18 @@ class _Git(_Vcs):
         rels = [r for r in rels if r in known or os.path.lexists(os.path.join(self.repo, r))]
         if not rels:
             return
-        add = ["git", "add", "-A", "--", *rels]
-        commit = ["git", "commit", "-q", "-m", message, "--", *rels]
-        res.commands += [add, commit]
+        cmds = self.commit_commands(rels, message)
+        res.commands += cmds
         if check_mode:
             return
-        self.run(add)
-        self.run(commit)
+        for cmd in cmds:
+            self.run(cmd)
         res.commit = self.run(["git", "rev-parse", "HEAD"]).strip()
+
+    @staticmethod
+    def commit_commands(rels: list[str], message: str, bookmark: str | None = None) -> list[list[str]]:
+        """The commands that commit exactly ``rels``."""
+        return [["git", "add", "-A", "--", *rels], ["git", "commit", "-q", "-m", message, "--", *rels]]
 
     def unstage(self, rels: list[str]) -> None:
         """Take ``rels`` out of the index again (after a failed commit)."""
@@ -131,14 +135,18 @@ class _Jj(_Vcs):
     def changed(self, rels: list[str]) -> bool:
         return bool(self.run(["jj", "diff", "--summary", "--", *rels]).strip())
 
+    @staticmethod
+    def commit_commands(rels: list[str], message: str, bookmark: str | None = None) -> list[list[str]]:
+        """The commands that commit exactly ``rels`` (and move ``bookmark`` to the commit)."""
+        cmds = [["jj", "commit", "-m", message, "--", *rels]]
+        return cmds + ([["jj", "bookmark", "set", bookmark, "-r", "@-"]] if bookmark else [])
+
     def unstage(self, rels: list[str]) -> None:
         """jj has no index: a failed ``jj commit`` leaves the working-copy commit as it was."""
 
     def commit(self, rels: list[str], message: str, res: CommitResult, check_mode: bool,
                bookmark: str | None = None) -> None:
-        cmds = [["jj", "commit", "-m", message, "--", *rels]]
-        if bookmark:
-            cmds.append(["jj", "bookmark", "set", bookmark, "-r", "@-"])
+        cmds = self.commit_commands(rels, message, bookmark)
         res.commands += cmds
         if check_mode:
             return
@@ -169,6 +177,12 @@ def init(repo: str, kind: str = "git", check_mode: bool = False, runner: Runner 
     if not check_mode:
         impl.run(cmd)
     return cmd
+
+
+def planned_commands(kind: str, paths: Sequence[str], message: str) -> list[list[str]]:
+    """What :func:`commit` runs in a repository of ``kind`` that is not there yet (check mode of a new one)."""
+    impl = _Jj if kind == "jj" else _Git
+    return impl.commit_commands(sorted(set(paths)), message)
 
 
 def commit(

@@ -176,6 +176,8 @@ def test_module_check_then_run_then_check(tmp_path):
     real = run_module_inproc("sops_init", args, diff=True)
     assert real.changed and real.result["admin_recipient"].startswith("age1") and "commit" in real.result
     assert f"&admin {real.result['admin_recipient']}" in real.result["diff"]["after"]
+    assert check.result["commands"] == real.result["commands"], "check mode listed other commands than it ran"
+    assert real.result["commands"][0] == ["git", "init", "-q"]
     again = run_module_inproc("sops_init", args, check=True)
     assert not again.changed and "nothing to do" in again.result["msg"]
     for r in (check, real, again):
