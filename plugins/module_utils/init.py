@@ -168,8 +168,9 @@ def _names_admin(config: SopsConfig | None, anchor: str, recipient: str | None) 
 
 def _refusal(repo: str, foreign: list[str], anchor: str, admin: str) -> InitError:
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        why = f"holds {shown}, which init did not make"
+        shown = foreign[:5] + ([f"{len(foreign) - 5} more"] if len(foreign) > 5 else [])
+        listing = " and ".join([", ".join(shown[:-1]), shown[-1]] if len(shown) > 1 else shown)
+        why = f"holds {listing}, which init did not make"
     else:
         why = f"has a {CONFIG_NAME} whose &{anchor} is not the admin key ({admin})"
     return InitError(
@@ -222,7 +223,7 @@ def init_repo(
     config_path = os.path.join(repo, CONFIG_NAME)
     config = SopsConfig.load(config_path) if os.path.lexists(config_path) else None
     if config is None and _has_history(repo):
-        foreign.append("commits (git log)")  # a repository with a history is someone's, even when its tree is empty
+        foreign.append("a git history")  # a repository with commits is someone's, even when its tree is empty
     if not force and (foreign or not _names_admin(config, admin_anchor, recipient)):
         raise _refusal(repo, foreign, admin_anchor, recipient or f"a new key for {res.admin_key_file}")
 

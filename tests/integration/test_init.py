@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import stat
@@ -10,6 +9,7 @@ import subprocess
 
 from ansible_collections.nixfleet.sops.plugins.module_utils import age, sshkeys
 
+from tests.faults.lib import snapshot as tree
 from tests.lib.runner import REPO, run_playbook
 from tests.lib.secrets_repo import sops_decrypt
 
@@ -18,16 +18,6 @@ SECRET_MARKERS = ("AGE-SECRET-KEY-", "PRIVATE KEY")
 
 def git(repo, *args):
     return subprocess.run(["git", "-C", repo, *args], check=True, capture_output=True, text=True).stdout
-
-
-def tree(root):
-    """Every file under root with its bytes and mode: to prove a run changed nothing."""
-    out = {}
-    for p in glob.glob(os.path.join(root, "**"), recursive=True) + glob.glob(os.path.join(root, "**/.*"),
-                                                                            recursive=True):
-        if os.path.isfile(p) and not os.path.islink(p):
-            out[p] = (stat.S_IMODE(os.stat(p).st_mode), open(p, "rb").read())
-    return out
 
 
 def sops_env():
@@ -121,7 +111,8 @@ def test_refuses_an_existing_repository_byte_identical(tmp_path):
     for check in (True, False):
         res = run_playbook("init.yml", extra_vars={"nixfleet_secrets_repo": str(repo),
                                                    "nixfleet_admin_key_file": str(key)}, check=check)
-        assert res.rc != 0 and "holds flake.nix, which init did not make" in res.stdout, res.stdout[-2000:]
+        assert res.rc != 0, res.stdout[-2000:]
+        assert "holds flake.nix and a git history, which init did not make" in res.stdout
         assert "nixfleet_init_force=true" in res.stdout
     assert tree(str(tmp_path)) == before and git(str(repo), "rev-parse", "HEAD") == head
     assert not key.exists()

@@ -12,23 +12,12 @@ from ansible_collections.nixfleet.sops.plugins.module_utils import age, init, ke
 from ansible_collections.nixfleet.sops.plugins.module_utils import sops as engine
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig
 
+from tests.faults.lib import snapshot
 from tests.lib.inproc import run_module_inproc
 from tests.lib.secrets_repo import make_repo
 from tests.unit.plugins.module_utils.test_vcs import RecordedJj
 
 RECIPIENT = re.compile(r"age1[0-9a-z]{58}")
-
-
-def snapshot(*roots):
-    """Every path under roots with its bytes and mode (directories too): to prove nothing changed."""
-    out = {}
-    for root in roots:
-        for base, dirs, files in os.walk(root):
-            for name in dirs + files:
-                p = os.path.join(base, name)
-                st = os.lstat(p)
-                out[p] = (stat.S_IMODE(st.st_mode), open(p, "rb").read() if stat.S_ISREG(st.st_mode) else None)
-    return out
 
 
 def git(repo, *args):
@@ -65,11 +54,11 @@ def test_second_run_and_check_mode_change_nothing(tmp_path):
     assert not RECIPIENT.search(first_check.config_after) and "&admin (a new admin key would be generated)" in \
         first_check.config_after
     init.init_repo(str(repo), admin_key_file=str(key))
-    before = snapshot(tmp_path)
+    before = snapshot(str(tmp_path))
     for check_mode in (True, False):
         again = init.init_repo(str(repo), admin_key_file=str(key), check_mode=check_mode)
         assert not again.changed and again.created == [] and again.generated == [], again
-    assert snapshot(tmp_path) == before
+    assert snapshot(str(tmp_path)) == before
 
 
 def test_existing_key_and_recipient_only(tmp_path):
@@ -93,19 +82,19 @@ def test_refuses_a_directory_with_other_files_and_an_existing_repository(tmp_pat
     (other / "README.md").write_text("mine\n")
     existing = make_repo(str(tmp_path / "existing"), hosts=("alpha",))
     head = git(existing.path, "rev-parse", "HEAD")
-    before = snapshot(tmp_path)
+    before = snapshot(str(tmp_path))
     for path, named in ((other, "README.md"), (existing.path, "sops/alpha.yaml")):
         with pytest.raises(init.InitError, match="nixfleet_init_force=true") as err:
             init.init_repo(str(path), admin_key_file=str(key))
         assert named in str(err.value) and "nothing was changed" in str(err.value)
-    assert snapshot(tmp_path) == before and not key.exists()
+    assert snapshot(str(tmp_path)) == before and not key.exists()
     # Only the repository's own files, but its .sops.yaml names another admin key.
     for rel in ("sops/alpha.yaml", "README.md"):
         os.remove(existing.file(rel))
-    before = snapshot(tmp_path)
+    before = snapshot(str(tmp_path))
     with pytest.raises(init.InitError, match="&admin is not the admin key"):
         init.init_repo(existing.path, admin_key_file=str(key))
-    assert snapshot(tmp_path) == before and not key.exists()
+    assert snapshot(str(tmp_path)) == before and not key.exists()
     assert git(existing.path, "rev-parse", "HEAD") == head
 
 
@@ -118,10 +107,10 @@ def test_refuses_a_repository_with_history_even_when_its_tree_is_empty(tmp_path)
     git(repo, "commit", "-q", "-m", "one")
     git(repo, "rm", "-q", "notes.txt")
     git(repo, "commit", "-q", "-m", "two")
-    before = snapshot(tmp_path)
-    with pytest.raises(init.InitError, match=r"holds commits \(git log\)"):
+    before, head = snapshot(str(tmp_path)), git(repo, "rev-parse", "HEAD")
+    with pytest.raises(init.InitError, match="holds a git history, which init did not make"):
         init.init_repo(str(repo), admin_key_file=str(tmp_path / "keys.txt"))
-    assert snapshot(tmp_path) == before
+    assert snapshot(str(tmp_path)) == before and git(repo, "rev-parse", "HEAD") == head
     # An empty clone (a repository without commits) is what a forge hands out: it is taken as it is.
     empty = tmp_path / "empty"
     subprocess.run(["git", "init", "-q", str(empty)], check=True)
