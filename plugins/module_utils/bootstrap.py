@@ -38,6 +38,7 @@ from . import age, breakglass, failpoints, fleet, keyinventory, sshkeys
 from . import sops as engine
 from .changeset import Changeset, ChangesetError, open_existing, value_at
 from .fsutil import CONFIG_LIMIT, atomic_write, ensure_private_dir, read_regular, walk_files
+from .keypairs import would_generate
 from .sops_config import SopsConfig, check_anchor_name
 
 HOST_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -350,7 +351,7 @@ def _public(spec: HostSpec, keys: HostKeys, check_mode: bool) -> dict[str, Any]:
     new = set(keys.generated) if check_mode else set()
 
     def shown(what: str, value: str) -> str:
-        return f"(a new {what} would be generated)" if what in new else value
+        return would_generate(what) if what in new else value
 
     return {
         "host": spec.host,

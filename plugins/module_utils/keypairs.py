@@ -5,6 +5,9 @@
 Each ``ensure_*`` function decides first and writes second, so check mode runs
 the same decisions and reports the same ``changed`` without touching disk.
 Results carry only public material; private keys never leave these functions.
+In check mode a key that would be generated is reported as such (``generated``
+and a placeholder from :func:`would_generate`), never as a random key the real
+run would not make.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from .fsutil import (
 )
 
 
+def would_generate(what: str) -> str:
+    """What check mode shows in place of a key it would generate (the real run makes another one)."""
+    return f"(a new {what} would be generated)"
+
+
 @dataclass
 class KeyResult:
     """What an ensure_* call did (or would do in check mode). Public data only."""
@@ -37,6 +45,7 @@ class KeyResult:
     before: dict[str, Any] = field(default_factory=dict)
     after: dict[str, Any] = field(default_factory=dict)
     public: dict[str, Any] = field(default_factory=dict)
+    generated: list[str] = field(default_factory=list)  # keys made at random (in check mode: would be)
 
     def diff(self) -> dict[str, str]:
         """A diff of the public facts (never the key) for Ansible's --diff."""
@@ -145,9 +154,13 @@ def ensure_age_keypair(
         identity = wanted or age.generate_identity()
         result.changed = True
         result.actions.append(("replace " if os.path.exists(path) else "create ") + path)
+        if wanted is None:
+            result.generated.append("age identity")
         _write_together(path, [(path, age.format_identity_file(identity).encode(), 0o600)], check_mode, result)
 
-    recipient = age.recipient_from_identity(identity)
+    # A derived identity is the same in check mode and in the real run; a random one is not.
+    recipient = would_generate("age identity") if check_mode and result.generated else \
+        age.recipient_from_identity(identity)
     result.after = {"recipient": recipient}
     result.public = {"recipient": recipient}
     return result
@@ -197,6 +210,7 @@ def ensure_ssh_keypair(
         keypair = sshkeys.generate(comment)
         result.changed = True
         result.actions.append(("replace " if os.path.exists(path) else "create ") + path)
+        result.generated.append("ssh key")
         writes.append((path, keypair.private_pem, 0o600))
 
     current_pub = None
@@ -210,5 +224,7 @@ def ensure_ssh_keypair(
         _write_together(path, writes, check_mode, result)
 
     result.after = {"public_key": keypair.public_line, "age_recipient": keypair.age_recipient}
+    if check_mode and result.generated:
+        result.after = {k: would_generate("ssh key") for k in result.after}
     result.public = dict(result.after)
     return result

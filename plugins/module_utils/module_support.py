@@ -91,7 +91,7 @@ def exit_keypair(module: Any, res: Any, path: str, state: str) -> None:
     changed = res.changed
     if state == "present" and (not module.check_mode or not res.changed):
         changed = module.set_fs_attributes_if_different(module.load_file_common_arguments(module.params), changed)
-    out = dict(changed=changed, path=path, actions=res.actions, **res.public)
+    out = dict(changed=changed, path=path, actions=res.actions, generated=res.generated, **res.public)
     if module._diff:
         out["diff"] = res.diff()
     module.exit_json(**out)

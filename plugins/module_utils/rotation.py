@@ -60,6 +60,7 @@ from .bootstrap import (
 )
 from .changeset import Changeset
 from .errors import NixfleetError
+from .keypairs import would_generate
 from .sops_config import SopsConfig
 
 KINDS = ("host", "user", "deploy")
@@ -403,7 +404,7 @@ def _masked_public(keys: _Keys) -> dict[str, str]:
     for k in list(out):
         what = shown.get(k) or (f"deploy key {k.split('/', 1)[1]}" if k.startswith("deploy/") else k)
         if what in keys.generated:
-            out[k] = f"(a new {what} would be generated)"
+            out[k] = would_generate(what)
     return out
 
 

@@ -10,7 +10,7 @@ No jj binary exists on the build machine, so the jj path is tested against a
 recorded command contract (a stand-in ``jj`` that checks the arguments it is
 given): ``jj diff --summary -- PATHS``, ``jj commit -m MSG -- PATHS``,
 ``jj bookmark set NAME -r @-``, ``jj log -r @- --no-graph -T commit_id``,
-``jj git push --bookmark NAME``.
+``jj git push --bookmark NAME``, ``jj git init --colocate`` (a new repository).
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ def _relpaths(repo: str, paths: Sequence[str]) -> list[str]:
 
 
 class _Vcs:
+    init_command: list[str] = []
+
     def __init__(self, repo: str, runner: Runner | None = None) -> None:
         self.repo = repo
         self.run_cmd = runner or _default_runner
@@ -88,6 +90,8 @@ class _Vcs:
 
 
 class _Git(_Vcs):
+    init_command = ["git", "init", "-q"]
+
     def changed(self, rels: list[str]) -> bool:
         return bool(self.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *rels]).strip())
 
@@ -98,14 +102,18 @@ class _Git(_Vcs):
         rels = [r for r in rels if r in known or os.path.lexists(os.path.join(self.repo, r))]
         if not rels:
             return
-        add = ["git", "add", "-A", "--", *rels]
-        commit = ["git", "commit", "-q", "-m", message, "--", *rels]
-        res.commands += [add, commit]
+        cmds = self.commit_commands(rels, message)
+        res.commands += cmds
         if check_mode:
             return
-        self.run(add)
-        self.run(commit)
+        for cmd in cmds:
+            self.run(cmd)
         res.commit = self.run(["git", "rev-parse", "HEAD"]).strip()
+
+    @staticmethod
+    def commit_commands(rels: list[str], message: str, bookmark: str | None = None) -> list[list[str]]:
+        """The commands that commit exactly ``rels``."""
+        return [["git", "add", "-A", "--", *rels], ["git", "commit", "-q", "-m", message, "--", *rels]]
 
     def unstage(self, rels: list[str]) -> None:
         """Take ``rels`` out of the index again (after a failed commit)."""
@@ -121,17 +129,24 @@ class _Git(_Vcs):
 
 
 class _Jj(_Vcs):
+    # Colocated: the repository stays a git repository for forges, sops-nix flakes and git users.
+    init_command = ["jj", "git", "init", "--colocate"]
+
     def changed(self, rels: list[str]) -> bool:
         return bool(self.run(["jj", "diff", "--summary", "--", *rels]).strip())
+
+    @staticmethod
+    def commit_commands(rels: list[str], message: str, bookmark: str | None = None) -> list[list[str]]:
+        """The commands that commit exactly ``rels`` (and move ``bookmark`` to the commit)."""
+        cmds = [["jj", "commit", "-m", message, "--", *rels]]
+        return cmds + ([["jj", "bookmark", "set", bookmark, "-r", "@-"]] if bookmark else [])
 
     def unstage(self, rels: list[str]) -> None:
         """jj has no index: a failed ``jj commit`` leaves the working-copy commit as it was."""
 
     def commit(self, rels: list[str], message: str, res: CommitResult, check_mode: bool,
                bookmark: str | None = None) -> None:
-        cmds = [["jj", "commit", "-m", message, "--", *rels]]
-        if bookmark:
-            cmds.append(["jj", "bookmark", "set", bookmark, "-r", "@-"])
+        cmds = self.commit_commands(rels, message, bookmark)
         res.commands += cmds
         if check_mode:
             return
@@ -145,6 +160,29 @@ class _Jj(_Vcs):
         res.commands.append(cmd)
         if not check_mode:
             self.run(cmd)
+
+
+def init(repo: str, kind: str = "git", check_mode: bool = False, runner: Runner | None = None) -> list[str]:
+    """Make the existing directory ``repo`` a ``kind`` (git or jj, colocated) repository; return the command.
+
+    The tool must be installed; in check mode only that is checked and nothing runs.
+    """
+    if kind not in ("git", "jj"):
+        raise VcsError(f"vcs must be git or jj, not {kind!r}")
+    impl: _Vcs = _Jj(repo, runner) if kind == "jj" else _Git(repo, runner)
+    cmd = list(impl.init_command)
+    if runner is None and shutil.which(kind) is None:
+        raise VcsError(f"{kind} is not installed; it is needed to make {repo} a {kind} repository "
+                       f"(install it, or choose {'git' if kind == 'jj' else 'jj'})")
+    if not check_mode:
+        impl.run(cmd)
+    return cmd
+
+
+def planned_commands(kind: str, paths: Sequence[str], message: str) -> list[list[str]]:
+    """What :func:`commit` runs in a repository of ``kind`` that is not there yet (check mode of a new one)."""
+    impl = _Jj if kind == "jj" else _Git
+    return impl.commit_commands(sorted(set(paths)), message)
 
 
 def commit(

@@ -47,7 +47,8 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    description: Reports the same C(changed) as a real run and writes nothing.
+    description: Reports the same C(changed) as a real run and writes nothing; a key it would generate is
+      reported as such (RV(generated)), never as a made-up key.
   diff_mode:
     support: full
     description: Shows the recipient before and after; never the identity.
@@ -71,10 +72,19 @@ EXAMPLES = r"""
 
 RETURN = r"""
 recipient:
-  description: The C(age1…) recipient of the identity (absent when O(state=absent)).
+  description:
+    - The C(age1…) recipient of the identity (absent when O(state=absent)).
+    - In check mode, when a new identity would be generated, the text C((a new age identity would be generated))
+      instead, since the real run makes another key than any check mode could show.
   returned: when state is present
   type: str
   sample: age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+generated:
+  description: The keys generated at random (in check mode, that would be); empty when the file was kept or derived.
+  returned: always
+  type: list
+  elements: str
+  sample: [age identity]
 path:
   description: The identity file.
   returned: always

@@ -43,7 +43,8 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    description: Reports the same C(changed) as a real run and writes nothing.
+    description: Reports the same C(changed) as a real run and writes nothing; a key it would generate is
+      reported as such (RV(generated)), never as a made-up key.
   diff_mode:
     support: full
     description: Shows the public key and recipient before and after.
@@ -67,7 +68,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 public_key:
-  description: The public key line.
+  description:
+    - The public key line.
+    - In check mode, when a new key would be generated, the text C((a new ssh key would be generated)) instead
+      (also for RV(age_recipient)), since the real run makes another key than any check mode could show.
   returned: when state is present
   type: str
   sample: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG… root@griefling
@@ -79,6 +83,12 @@ path:
   description: The private key path.
   returned: always
   type: str
+generated:
+  description: The keys generated at random (in check mode, that would be); empty when the key was kept.
+  returned: always
+  type: list
+  elements: str
+  sample: [ssh key]
 actions:
   description: What the module did or, in check mode, would do (paths only).
   returned: always

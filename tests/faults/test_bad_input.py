@@ -274,6 +274,25 @@ case("vcs_commit", "not_a_repo", ("hostile", "neither a git nor a jj"))(
 case("vcs_commit", "empty_message", ("commit message",))(lambda w: {"repo": w.path, "paths": [], "message": " "})
 
 
+# --------------------------------------------------------------------------- sops_init (a new repository)
+def _init(w: World, **kw: Any) -> dict[str, Any]:
+    return {"repo": os.path.join(w.base, "hostile", "new-repo"),
+            "admin_key_file": os.path.join(w.base, "home", "k.txt"), **kw}
+
+
+case("sops_init", "repo_is_a_file", ("garbage", "not a directory"))(lambda w: _init(w, repo=w.bad["garbage"]))
+case("sops_init", "repo_link_out", ("link_out", "not a directory"))(lambda w: _init(w, repo=w.bad["link_out"]))
+case("sops_init", "existing_repository", ("nix-secrets", "sops/alpha.yaml", "nixfleet_init_force"))(
+    lambda w: _init(w, repo=w.path))
+case("sops_init", "key_fifo", ("fifo",))(lambda w: _init(w, admin_key_file=w.bad["fifo"]))
+case("sops_init", "key_garbage", ("garbage",))(lambda w: _init(w, admin_key_file=w.bad["garbage"]))
+case("sops_init", "key_in_foreign_dir", ("hostile/theirs",))(
+    lambda w: _init(w, admin_key_file=os.path.join(_foreign_dir(w), "keys.txt")))
+case("sops_init", "recipient", ("admin_recipient",))(lambda w: {**_init(w), "admin_key_file": None,
+                                                                 "admin_recipient": "age1nope"})
+case("sops_init", "anchor", ("admin anchor",))(lambda w: _init(w, admin_anchor="a b"))
+
+
 @pytest.fixture
 def world(tmp_path):
     return make_world(tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -107,6 +108,10 @@ class RecordedJj:
             out = "0123abcd" * 5
         elif cmd[:3] == ["jj", "git", "push"]:
             pass
+        elif cmd[:3] == ["jj", "git", "init"]:
+            assert cmd[3:] == ["--colocate"], cmd
+            for d in (".jj", ".git"):
+                os.makedirs(os.path.join(cwd, d))
         else:
             raise AssertionError(f"command outside the jj contract: {cmd}")
         return subprocess.CompletedProcess(cmd, 0, out, "")

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 from ansible_collections.nixfleet.sops.plugins.module_utils import age
 
+from tests.lib.inproc import run_module_inproc
 from tests.lib.runner import run_module
 
 SECRET_MARKERS = ("AGE-SECRET-KEY-", "PRIVATE KEY")
@@ -153,3 +154,38 @@ def test_verbose_run_prints_no_private_material(tmp_path):
         res = run_module(module, {"path": str(tmp_path / module)}, verbosity=4, diff=True)
         assert res.changed
         _assert_no_secrets(res)
+
+
+@pytest.mark.parametrize("module, fields, what", [
+    ("age_keypair", ("recipient",), "age identity"),
+    ("ssh_keypair", ("public_key", "age_recipient"), "ssh key"),
+])
+def test_check_mode_says_what_would_be_generated_never_a_made_up_key(tmp_path, module, fields, what):
+    # Issue 17: check mode returned a random recipient that the real run would never produce.
+    args = {"path": str(tmp_path / "key")}
+    check = run_module_inproc(module, args, check=True, diff=True)
+    assert check.changed and not check.failed, check.result
+    assert check.result["generated"] == [what]
+    for f in fields:
+        assert check.result[f] == f"(a new {what} would be generated)"
+    shown = " ".join([check.stdout, *(str(v) for v in check.result["diff"].values())])
+    assert "age1" not in shown and "ssh-ed25519" not in shown
+    real = run_module_inproc(module, args)
+    assert real.result["generated"] == [what]
+    assert real.result[fields[-1]].startswith("age1")
+    # Once the key exists, check mode shows the real one: it is what the next real run reports.
+    again = run_module_inproc(module, args, check=True)
+    assert not again.changed and again.result["generated"] == []
+    assert [again.result[f] for f in fields] == [real.result[f] for f in fields]
+
+
+def test_check_mode_shows_a_derived_recipient(tmp_path):
+    # Derived from an existing SSH key, the recipient is the same in check mode and in the real run.
+    host = tmp_path / "ssh_host_ed25519_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host)], check=True)
+    args = {"path": str(tmp_path / "key.txt"), "ssh_key_path": str(host)}
+    check = run_module_inproc("age_keypair", args, check=True)
+    assert check.changed and check.result["generated"] == [] and not (tmp_path / "key.txt").exists()
+    assert check.result["recipient"] == age.ssh_public_key_to_recipient(
+        (tmp_path / "ssh_host_ed25519_key.pub").read_text())
+    assert run_module_inproc("age_keypair", args).result["recipient"] == check.result["recipient"]
