@@ -23,7 +23,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLL_ROOT)
 export SOPS_DISABLE_VERSION_CHECK := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help deps deps-test venv collection lint unit test demo docs clean bench ee
+.PHONY: help deps deps-test venv collection lint unit test demo docs clean bench community-sops ee
 
 help:
 	@echo "make demo   - run bootstrap on the built-in demo (throwaway secrets repo + demo host)"
@@ -62,6 +62,11 @@ collection:
 	@mkdir -p $(dir $(COLL_LINK))
 	@ln -sfn ../../.. $(COLL_LINK)
 
+# community.sops for the interop test (tests/interop/test_community_sops.py): extracted from the pinned
+# `ansible` wheel on PyPI (54 MB download, 0.4 MB kept in .cache/community-sops), since galaxy may be unreachable.
+community-sops: venv
+	$(BIN)/python tools/community_sops.py
+
 lint: venv collection
 	$(BIN)/ruff check plugins tests benchmarks tools
 	$(BIN)/python tools/shape.py plugins/module_utils
@@ -78,7 +83,7 @@ docs: venv collection
 unit: venv collection
 	$(BIN)/pytest -q tests
 
-test: deps-test venv collection lint docs unit
+test: deps-test venv collection community-sops lint docs unit
 
 demo: venv collection
 	$(BIN)/ansible-playbook playbooks/demo.yml
@@ -103,4 +108,4 @@ ee: venv collection
 	NIXFLEET_EE_IMAGE=$(EE_IMAGE) $(BIN)/pytest -q -s -m ee tests/ee
 
 clean:
-	rm -rf $(VENV) $(COLL_ROOT) demo ee/dist ee/context
+	rm -rf $(VENV) $(COLL_ROOT) demo ee/dist ee/context .cache

@@ -204,11 +204,12 @@ class Plan:
 
     @classmethod
     def scan(cls, repo: str, config: SopsConfig | None = None, include: Sequence[str] = (),
-             workers: int | None = None, strict: bool = True) -> Plan:
+             workers: int | None = None, strict: bool = True, files: Sequence[str] | None = None) -> Plan:
         """Read ``.sops.yaml`` (unless given) and the metadata of every file; match each to its rule.
 
         ``strict`` refuses a config whose rules cannot be trusted (check_rules);
-        the audit plans leniently, since it reports those faults itself.
+        the audit plans leniently, since it reports those faults itself. ``files``
+        (paths relative to ``repo``) reads only those, e.g. one batch of a large rekey.
         """
         repo = os.path.abspath(repo)
         if config is None:
@@ -217,7 +218,7 @@ class Plan:
             config = SopsConfig.load(config_path(repo))
         if strict:
             check_rules(config)
-        rels = iter_candidate_files(repo, include)
+        rels = iter_candidate_files(repo, include, files)
         # Reading metadata costs ~0.2 ms a file: processes only pay off for very large repositories.
         many = workers if workers is not None else (None if len(rels) > 8 * _PARALLEL_THRESHOLD * 10 else 1)
         return cls(repo, config, _map(_read_state, [(repo, r) for r in rels], many), strict)
@@ -299,16 +300,26 @@ def compile_user_regex(pattern: str, what: str) -> re.Pattern[str]:
         raise FleetError(f"{what} {pattern!r} is not a valid regular expression: {exc}") from None
 
 
-def iter_candidate_files(repo: str, include: Sequence[str] = ()) -> list[str]:
-    """Files under ``repo`` that may be sops files, relative, sorted; ``include`` limits to path regexes."""
+def iter_candidate_files(repo: str, include: Sequence[str] = (), files: Sequence[str] | None = None) -> list[str]:
+    """Files under ``repo`` that may be sops files, relative, sorted; ``include`` limits to path regexes,
+    ``files`` to exactly these relative paths (each must be a file under ``repo``)."""
     pats = [compile_user_regex(p, "include") for p in include]
-    return [rel for rel in walk_files(repo) if rel != CONFIG_NAME and (not pats or any(p.search(rel) for p in pats))]
+    rels = [rel for rel in walk_files(repo) if rel != CONFIG_NAME and (not pats or any(p.search(rel) for p in pats))]
+    if files is None:
+        return rels
+    wanted = set(files)
+    missing = sorted(wanted.difference(rels))
+    if missing:
+        raise FleetError(f"files: {missing[0]} is not a file under {repo}"
+                         + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else "")
+                         + "; give paths relative to the repository, as changed_files lists them")
+    return [rel for rel in rels if rel in wanted]
 
 
 def scan(repo: str, include: Sequence[str] = (), workers: int | None = None, strict: bool = True,
-         config: SopsConfig | None = None) -> Plan:
+         config: SopsConfig | None = None, files: Sequence[str] | None = None) -> Plan:
     """Plan.scan: the repository read once (see :class:`Plan`)."""
-    return Plan.scan(repo, config, include, workers, strict)
+    return Plan.scan(repo, config, include, workers, strict, files)
 
 
 # --------------------------------------------------------------------------- the work, per file
@@ -484,6 +495,10 @@ class OpResult:
     failed: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    # Recipients (anchor names where known) added to and removed from any file: rekey only.
+    recipients: dict[str, list[str]] | None = None
+    # Only planned, nothing written (more files than plan_only_above): changed_files are still to do.
+    planned: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -493,16 +508,29 @@ class OpResult:
             "failed_files": self.failed,
             "skipped_files": self.skipped,
             "counts": self.counts,
+            **({"recipients": self.recipients} if self.recipients is not None else {}),
+            "planned": self.planned,
         }
 
     def summary(self, what: str, check_mode: bool = False) -> str:
-        """One line for the task output; per-file detail stays in ``changes``."""
+        """One line for the task output, whatever the number of files; per-file detail stays in ``changes``."""
         c = self.counts
-        verb = f"would be {what}" if check_mode else what
+        verb = f"would be {what}" if check_mode else f"to be {what} in batches" if self.planned else what
         line = f"{c.get('changed', 0)} of {c.get('sops_files', 0)} sops files {verb}"
+        if "unchanged" in c:
+            line += f", {c['unchanged']} unchanged"
+        if self.recipients is not None:
+            line += "".join(f"; recipients {how}: {_few(self.recipients[how])}"
+                            for how in ("added", "removed") if self.recipients[how])
         extra = [f"{c[k]} {label}" for k, label in (("failed", "failed"), ("not_sops", "not sops-encrypted"),
                                                     ("no_rule", "without a creation rule")) if c.get(k)]
         return line + (f"; {', '.join(extra)}" if extra else "")
+
+
+def _few(names: list[str], limit: int = 3) -> str:
+    """A list for a one-line summary: the first ``limit`` names and how many more."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def _label(recipient: str, names: dict[str, str]) -> str:
@@ -559,6 +587,8 @@ def rekey(
     config: SopsConfig | None = None,
     plan: Plan | None = None,
     rotate_lost: bool = False,
+    files: Sequence[str] | None = None,
+    plan_only_above: int | None = None,
 ) -> OpResult:
     """Bring every sops file to the recipients its creation rule names (``sops updatekeys`` for the fleet).
 
@@ -568,33 +598,45 @@ def rekey(
     change cannot be opened, nothing is written and FleetError lists the
     files (unless ``continue_on_error``). ``config`` (an edited, unsaved
     ``.sops.yaml``) lets check mode plan against pending edits; ``plan`` reuses
-    a plan already made.
+    a plan already made; ``files`` (relative paths) limits the rekey to those.
+    When more than ``plan_only_above`` files need a change, nothing is written:
+    the result is the check-mode plan (``planned``), for the caller to rekey in
+    batches of ``files``, reporting progress between them.
     """
     repo = os.path.abspath(repo)
     if plan is None:
-        plan = Plan.scan(repo, config, include, workers)
+        plan = Plan.scan(repo, config, include, workers, files=files)
     elif config is not None:
         plan = plan.with_config(config)
     ids = tuple(identities) if identities is not None else None
     jobs = rekey_jobs(plan, rotate_lost)
     _refuse_unreadable("rekey", plan, None, continue_on_error)
-    if not check_mode:
+    planned = not check_mode and plan_only_above is not None and len(jobs) > plan_only_above
+    dry = check_mode or planned
+    if not dry:
         remove_stale_temps(repo)
-    staged = run_jobs(jobs, ids, check_mode, workers, root=repo)
+    staged = run_jobs(jobs, ids, dry, workers, root=repo)
     refuse_failures("rekey", staged, continue_on_error)
-    if not check_mode:
+    if not dry:
         publish(repo, "rekey", staged.pairs)
     names = recipient_names(plan.config)
-    res = OpResult(failed=staged.failed, skipped=_skipped(plan))
+    res = OpResult(failed=staged.failed, skipped=_skipped(plan), planned=planned)
+    added: set[str] = set()
+    removed: set[str] = set()
     for job in jobs:
         r = staged.results[job.rel]
         if r["status"] == "changed":
             res.changed_files.append(job.rel)
             res.changes.append(change_record(job.rel, plan.by_rel[job.rel].rule, r["added"], r["removed"], names,
                                              job.rotate))
+            added.update(r["added"])
+            removed.update(r["removed"])
     res.counts = {"sops_files": len(plan.files), "changed": len(res.changed_files),
                   "unchanged": len(plan.files) - len(res.changed_files) - len(res.failed),
-                  "failed": len(res.failed), "not_sops": len(plan.not_sops), "no_rule": len(plan.no_rule)}
+                  "failed": len(res.failed), "not_sops": len(plan.not_sops), "no_rule": len(plan.no_rule),
+                  "recipients_added": len(added), "recipients_removed": len(removed)}
+    res.recipients = {"added": sorted(names.get(r, r) for r in added),
+                      "removed": sorted(names.get(r, r) for r in removed)}
     return res
 
 
@@ -615,15 +657,17 @@ def rotate(
     workers: int | None = None,
     plan: Plan | None = None,
     files: Sequence[str] | None = None,
+    plan_only_above: int | None = None,
 ) -> OpResult:
     """Data-key rotation (``sops rotate``) for all files, those matching ``path_regex``, those
     ``recipient``/``anchor`` can read, or exactly ``files`` (relative paths). Every value is
     re-encrypted under a new data key; rotation always changes the selected files.
 
     Like rekey, it refuses (writes nothing) when a selected file cannot be
-    opened or its metadata cannot be read, unless ``continue_on_error``.
+    opened or its metadata cannot be read, unless ``continue_on_error``; and
+    like rekey, more than ``plan_only_above`` selected files are only planned.
     """
-    plan = plan or Plan.scan(repo, workers=workers)
+    plan = plan or Plan.scan(repo, workers=workers, files=files)
     todo = plan.select(path_regex, recipient, anchor)
     if files is not None:
         wanted = set(files)
@@ -634,17 +678,19 @@ def rotate(
         and (files is None or u["path"] in set(files))}
     _refuse_unreadable("rotate", plan, selected, continue_on_error)
     ids = tuple(identities) if identities is not None else None
-    if not check_mode:
+    planned = not check_mode and plan_only_above is not None and len(todo) > plan_only_above
+    dry = check_mode or planned
+    if not dry:
         remove_stale_temps(plan.repo)
-    staged = run_jobs([Job(fp.path, fp.rel, rotate=True) for fp in todo], ids, check_mode, workers,
-                      root=plan.repo)
+    staged = run_jobs([Job(fp.path, fp.rel, rotate=True) for fp in todo], ids, dry, workers, root=plan.repo)
     refuse_failures("rotate", staged, continue_on_error)
-    if not check_mode:
+    if not dry:
         publish(plan.repo, "rotate", staged.pairs)
-    res = OpResult(failed=staged.failed, skipped=_skipped(plan))
+    res = OpResult(failed=staged.failed, skipped=_skipped(plan), planned=planned)
     res.changed_files = staged.changed
     res.changes = [{"path": rel, "rotated": True} for rel in res.changed_files]
-    res.counts = {"sops_files": len(plan.files), "changed": len(res.changed_files), "failed": len(res.failed),
+    res.counts = {"sops_files": len(plan.files), "changed": len(res.changed_files),
+                  "unchanged": len(plan.files) - len(res.changed_files) - len(res.failed), "failed": len(res.failed),
                   "not_sops": len(plan.not_sops)}
     return res
 

@@ -104,9 +104,9 @@ def exit_fleet_op(module: Any, res: Any, what: str, repo: str, continue_on_error
 
     # What an interrupted earlier run wrote and did not commit: the playbook commits it now.
     verb = {"rekey": "rekeyed", "rotate": "rotated"}.get(what, what)
-    out = dict(changed=bool(res.changed_files), pending_commit=pending_paths(repo),
+    out = dict(changed=bool(res.changed_files) and not res.planned, pending_commit=pending_paths(repo),
                msg=res.summary(verb, module.check_mode), **res.as_dict())
-    if module._diff:
+    if module._diff and not res.planned:  # the batches that do the work show it
         out["diff"] = changes_diff(res.changes, repo)
     if res.failed and not continue_on_error:
         module.fail_json(msg=f"{what} failed for: " + ", ".join(f["path"] for f in res.failed), **out)

@@ -27,6 +27,19 @@ options:
     type: list
     elements: str
     default: []
+  files:
+    description:
+      - Only these files (paths relative to O(repo), as RV(changed_files) lists them); each must exist.
+      - For a large rekey done in batches, as C(playbooks/rekey.yml) does; only these files are read.
+    type: list
+    elements: str
+  plan_only_above:
+    description:
+      - When more than this many files need a change, write nothing and return the plan (as check mode
+        would, every file opened, RV(planned=true)); the caller then does RV(changed_files) in batches with
+        O(files), showing progress between them, as C(playbooks/rekey.yml) does.
+      - Unset, every file is done in this one run.
+    type: int
   continue_on_error:
     description: Rekey the files that can be opened and list the others as failed, instead of writing nothing.
     type: bool
@@ -65,7 +78,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 msg:
-  description: One line, for example C(3 of 2001 sops files rekeyed).
+  description: 'One line, for example C(3 of 2001 sops files rekeyed, 1998 unchanged; recipients added: laptop).'
   returned: always
   type: str
 pending_commit:
@@ -75,6 +88,12 @@ pending_commit:
   returned: always
   type: list
   elements: str
+planned:
+  description:
+    - True when O(plan_only_above) was exceeded. Nothing was written and RV(changed_files) are the files
+      still to do (every one of them could be opened).
+  returned: always
+  type: bool
 changed_files:
   description: Files rekeyed (or that would be, in check mode), relative to O(repo).
   returned: always
@@ -96,9 +115,16 @@ skipped_files:
   type: list
   elements: dict
 counts:
-  description: Numbers of sops files, changed, unchanged, failed, not_sops and no_rule files.
+  description:
+    - Numbers of sops files, changed, unchanged, failed, not_sops and no_rule files, and of distinct
+      recipients_added and recipients_removed.
   returned: always
   type: dict
+recipients:
+  description: The recipients added to and removed from any file (anchor names where C(.sops.yaml) has one).
+  returned: always
+  type: dict
+  sample: {"added": ["laptop"], "removed": []}
 """
 
 from contextlib import nullcontext
@@ -119,6 +145,8 @@ def main() -> None:
         argument_spec=dict(
             repo=dict(type="path", required=True),
             include=dict(type="list", elements="str", default=[]),
+            files=dict(type="list", elements="str"),
+            plan_only_above=dict(type="int"),
             **IDENTITY_ARGS,
             continue_on_error=dict(type="bool", default=False),
             workers=dict(type="int"),
@@ -131,7 +159,8 @@ def main() -> None:
         ids = fleet.collect_identities(**identity_options(p, module.warn))
         lock = repo_lock(p["repo"], purpose="sops_rekey", require=".sops.yaml")
         with lock if not module.check_mode else nullcontext():
-            return fleet.rekey(p["repo"], ids, p["include"], module.check_mode, p["continue_on_error"], p["workers"])
+            return fleet.rekey(p["repo"], ids, p["include"], module.check_mode, p["continue_on_error"], p["workers"],
+                               files=p["files"], plan_only_above=p["plan_only_above"])
 
     res = run_guarded(module, work)
     exit_fleet_op(module, res, "rekey", p["repo"], p["continue_on_error"])

@@ -30,6 +30,20 @@ options:
   anchor:
     description: Only files that the recipient of this C(.sops.yaml) anchor can read.
     type: str
+  files:
+    description:
+      - Only these files (paths relative to O(repo), as RV(changed_files) lists them); each must exist.
+        Combines with the other selectors.
+      - For a large rotation done in batches, as C(playbooks/rotate.yml) does; only these files are read.
+    type: list
+    elements: str
+  plan_only_above:
+    description:
+      - When more than this many files need a change, write nothing and return the plan (as check mode
+        would, every file opened, RV(planned=true)); the caller then does RV(changed_files) in batches with
+        O(files), showing progress between them, as C(playbooks/rotate.yml) does.
+      - Unset, every file is done in this one run.
+    type: int
   continue_on_error:
     description: Rotate what can be opened and list the rest as failed.
     type: bool
@@ -61,7 +75,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 msg:
-  description: One line, for example C(3 of 2001 sops files rekeyed).
+  description: One line, for example C(3 of 2001 sops files rotated, 1998 unchanged).
   returned: always
   type: str
 pending_commit:
@@ -71,6 +85,12 @@ pending_commit:
   returned: always
   type: list
   elements: str
+planned:
+  description:
+    - True when O(plan_only_above) was exceeded. Nothing was written and RV(changed_files) are the files
+      still to do (every one of them could be opened).
+  returned: always
+  type: bool
 changed_files:
   description: Files rotated (or that would be), relative to O(repo).
   returned: always
@@ -87,7 +107,7 @@ skipped_files:
   type: list
   elements: dict
 counts:
-  description: Numbers of sops files, changed, failed and not_sops files.
+  description: Numbers of sops files, changed, unchanged, failed and not_sops files.
   returned: always
   type: dict
 """
@@ -112,6 +132,8 @@ def main() -> None:
             path_regex=dict(type="str"),
             recipient=dict(type="str"),
             anchor=dict(type="str"),
+            files=dict(type="list", elements="str"),
+            plan_only_above=dict(type="int"),
             **IDENTITY_ARGS,
             continue_on_error=dict(type="bool", default=False),
             workers=dict(type="int"),
@@ -126,7 +148,8 @@ def main() -> None:
         lock = repo_lock(p["repo"], purpose="sops_rotate", require=".sops.yaml")
         with lock if not module.check_mode else nullcontext():
             return fleet.rotate(p["repo"], ids, p["path_regex"], p["recipient"], p["anchor"], module.check_mode,
-                                p["continue_on_error"], p["workers"])
+                                p["continue_on_error"], p["workers"], files=p["files"],
+                                plan_only_above=p["plan_only_above"])
 
     res = run_guarded(module, work)
     exit_fleet_op(module, res, "rotate", p["repo"], p["continue_on_error"])

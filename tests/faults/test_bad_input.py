@@ -173,6 +173,9 @@ for _module, _base in (("sops_rekey", _fleet), ("sops_rotate", _fleet), ("sops_a
     case(_module, "repo_config_bomb", ("bombrepo", "alias"))(lambda w, b=_base: b(w, repo=bombrepo(w)))
 case("sops_rekey", "include_regex", ("include", "not a valid regular expression"))(
     lambda w: _fleet(w, include=["("]))
+for _module in ("sops_rekey", "sops_rotate"):
+    case(_module, "files_unknown", ("files: sops/nope.yaml is not a file under", "relative to the repository"))(
+        lambda w: _fleet(w, files=["sops/nope.yaml"]))
 case("sops_rotate", "path_regex", ("path_regex", "not a valid regular expression"))(
     lambda w: _fleet(w, path_regex="("))
 case("sops_rotate", "recipient", ("recipient", "checksum"))(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 
 from ansible_collections.nixfleet.sops.plugins.module_utils import age, fleet
@@ -66,9 +68,12 @@ def test_remove_recipient_rekey_rotate_locks_out(tmp_path, sops_bin):
     cfg.ensure_rule_member(r"sops/beta(-\d+)?\.yaml$", "admin")
     cfg.save()
     assert run_playbook("rekey.yml", {"nixfleet_secrets_repo": repo.path}, env=env).rc == 0
-    rot = run_playbook("rotate.yml", {"nixfleet_secrets_repo": repo.path, "rotate_path_regex": "sops/(shared|beta)"},
-                       env=env)
+    # Two files, batches of one: planned first, then rotated one batch at a time, one commit.
+    rot = run_playbook("rotate.yml", {"nixfleet_secrets_repo": repo.path, "rotate_path_regex": "sops/(shared|beta)",
+                                      "nixfleet_batch_size": 1}, env=env)
     assert rot.rc == 0, rot.stdout
+    assert re.search(r"\(item=batch 2/2: 2/2 files, [\d.]+ s elapsed\)", rot.stdout), rot.stdout
+    assert "data key rotated in 2 of 3 sops files" in rot.stdout
     beta_keys = repo.keyfile("beta")
     for rel in ("sops/shared.yaml", "sops/beta.yaml"):
         assert sops_decrypt(sops_bin, repo.file(rel), beta_keys).returncode != 0
@@ -146,3 +151,43 @@ def test_inventory_settings_reach_the_playbook(tmp_path):
     assert run.rc == 0, run.stdout[-2000:]
     assert "1 of 2 sops files rekeyed" in " ".join(run.stdout.split())
     assert "sops/shared.yaml" in git(repo.path, "status", "--porcelain")  # rekeyed, not committed
+
+
+def test_large_rekey_in_batches_prints_progress_and_ends_like_one_run(tmp_path):
+    """Batches (nixfleet_batch_size) change what is printed, not what is written or committed."""
+    repo = make_repo(str(tmp_path), hosts=("alpha", "beta", "gamma"))
+    env = {"SOPS_AGE_KEY_FILE": repo.keyfile("admin")}
+    cfg = SopsConfig.load(repo.file(".sops.yaml"))
+    cfg.ensure_recipient("laptop", age.recipient_from_identity(age.generate_identity()), group="users")
+    for regex in (r"sops/shared\.yaml$", r"sops/alpha(-\d+)?\.yaml$", r"sops/beta(-\d+)?\.yaml$"):
+        cfg.ensure_rule_member(regex, "laptop")
+    cfg.save()
+    git(repo.path, "commit", "-qam", "add laptop")
+    twin = str(tmp_path / "twin")
+    shutil.copytree(repo.path, twin, symlinks=True)
+    before = _snapshot(repo)
+
+    check = run_playbook("rekey.yml", {"nixfleet_secrets_repo": repo.path, "nixfleet_batch_size": 1}, check=True,
+                         env=env)
+    assert check.rc == 0 and _snapshot(repo) == before, check.stdout
+    assert "3 of 4 sops files would be rekeyed, 1 unchanged; recipients added: laptop, removed: none" in check.stdout
+    assert "item=batch" not in check.stdout
+
+    run = run_playbook("rekey.yml", {"nixfleet_secrets_repo": repo.path, "nixfleet_batch_size": 1}, env=env)
+    assert run.rc == 0, run.stdout + run.stderr
+    progress = re.findall(r"\(item=batch (\d)/3: (\d)/3 files, ([\d.]+) s elapsed\)", run.stdout)
+    assert [(b, n) for b, n, _ in progress] == [("1", "1"), ("2", "2"), ("3", "3")], run.stdout
+    assert [float(t) for _, _, t in progress] == sorted(float(t) for _, _, t in progress)
+    assert "3 of 4 sops files rekeyed, 1 unchanged; recipients added: laptop, removed: none" in run.stdout
+    assert " s in 3 batches." in run.stdout
+    assert "sops/beta.yaml" not in run.stdout  # per-file detail only with -v
+    assert max(len(line) for line in run.stdout.splitlines()) < 250
+
+    one = run_playbook("rekey.yml", {"nixfleet_secrets_repo": twin}, env=env, verbosity=1)
+    assert one.rc == 0 and "item=batch" not in one.stdout, one.stdout
+    assert re.search(r'"sops/beta.yaml: \+laptop \(age1\w+\)"', one.stdout), one.stdout
+    for path in (repo.path, twin):
+        assert git(path, "log", "-1", "--format=%s").strip() == "chore(sops): rekey 3 files"
+        assert set(git(path, "show", "--name-only", "--format=", "HEAD").split()) == {
+            "sops/shared.yaml", "sops/alpha.yaml", "sops/beta.yaml"}
+        assert git(path, "status", "--porcelain") == ""

@@ -12,7 +12,9 @@ import contextlib
 import importlib
 import io
 import json
+import os
 from typing import Any
+from unittest import mock
 
 from ansible.module_utils.common import warnings
 from ansible.module_utils.testing import patch_module_args
@@ -20,8 +22,10 @@ from ansible.module_utils.testing import patch_module_args
 from tests.lib.runner import Result
 
 
-def run_module_inproc(module: str, args: dict[str, Any], check: bool = False, diff: bool = False) -> Result:
-    """Run ``nixfleet.sops.<module>`` with ``args``; return its result like runner.run_module."""
+def run_module_inproc(module: str, args: dict[str, Any], check: bool = False, diff: bool = False,
+                      env: dict[str, str] | None = None) -> Result:
+    """Run ``nixfleet.sops.<module>`` with ``args`` (and ``env`` set meanwhile); return its result like
+    runner.run_module."""
     name = module.rsplit(".", 1)[-1]
     mod = importlib.import_module(f"ansible_collections.nixfleet.sops.plugins.modules.{name}")
     full = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
@@ -30,7 +34,14 @@ def run_module_inproc(module: str, args: dict[str, Any], check: bool = False, di
     # Warnings and deprecations are process-wide in Ansible: without this, a run reports the last one's.
     warnings._global_warnings.clear()
     warnings._global_deprecations.clear()
-    with patch_module_args(full), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    # A module process starts with empty caches: the keyring found "like sops" depends on the environment,
+    # and a file opened by an earlier run may have been replaced since.
+    from ansible_collections.nixfleet.sops.plugins.module_utils import fleet
+
+    fleet._KEYRINGS.clear()
+    fleet._OPENED.clear()
+    with patch_module_args(full), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            mock.patch.dict(os.environ, env or {}):
         try:
             mod.main()
         except SystemExit as exc:

@@ -11,7 +11,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils import age, audit, k
 from ansible_collections.nixfleet.sops.plugins.module_utils import sops as engine
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig
 
-from tests.lib.runner import run_module
+from tests.lib.inproc import run_module_inproc
 from tests.lib.secrets_repo import make_repo
 
 
@@ -135,14 +135,15 @@ def test_config_validation_findings(repo):
 
 def test_report_html_and_module(repo, tmp_path):
     report = tmp_path / "audit.html"
-    res = run_module("sops_audit", {"repo": repo.path, "report_path": str(report), "hosts": ["alpha", "gamma"]})
+    res = run_module_inproc("sops_audit", {"repo": repo.path, "report_path": str(report), "hosts": ["alpha", "gamma"]})
     assert not res.failed and res.changed
     page = report.read_text()
     assert "sops/shared.yaml" in page and "host gamma has no anchor" in page
     assert any("sops/alpha.yaml" in line for line in res.result["report"])
-    again = run_module("sops_audit", {"repo": repo.path, "report_path": str(report), "hosts": ["alpha", "gamma"]})
+    again = run_module_inproc("sops_audit",
+                              {"repo": repo.path, "report_path": str(report), "hosts": ["alpha", "gamma"]})
     assert not again.changed
-    failing = run_module("sops_audit", {"repo": repo.path, "hosts": ["gamma"], "fail_on": "warning"})
+    failing = run_module_inproc("sops_audit", {"repo": repo.path, "hosts": ["gamma"], "fail_on": "warning"})
     assert failing.failed and "host gamma" in failing.msg
 
 

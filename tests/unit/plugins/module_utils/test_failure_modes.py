@@ -9,7 +9,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils import age, bootstra
 from ansible_collections.nixfleet.sops.plugins.module_utils import sops as engine
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import SopsConfig, SopsConfigError
 
-from tests.lib.runner import run_module
+from tests.lib.inproc import run_module_inproc
 from tests.lib.secrets_repo import make_repo
 
 
@@ -49,10 +49,10 @@ def test_identity_pasted_into_sops_yaml_never_reaches_the_message(repo):
     ident = age.generate_identity()
     text = open(repo.file(".sops.yaml")).read().replace(repo.recipient("beta"), ident)
     open(repo.file(".sops.yaml"), "w").write(text)
-    res = run_module("sops_rekey", {"repo": repo.path, "age_keys": [repo.identities["admin"]]})
+    res = run_module_inproc("sops_rekey", {"repo": repo.path, "age_keys": [repo.identities["admin"]]})
     assert res.failed and "line" in res.msg
     assert "AGE-SECRET-KEY" not in res.stdout + res.stderr
-    res = run_module("sops_audit", {"repo": repo.path})
+    res = run_module_inproc("sops_audit", {"repo": repo.path})
     assert "AGE-SECRET-KEY" not in res.stdout + res.stderr
 
 

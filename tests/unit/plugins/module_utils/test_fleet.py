@@ -93,6 +93,56 @@ def test_unopenable_file_stops_everything(repo):
     assert [f["path"] for f in res.failed] == ["sops/gamma.yaml"]
 
 
+def test_plan_only_above_writes_nothing_then_batches_give_the_single_run(repo, tmp_path):
+    """A large rekey planned first and done in batches of ``files`` ends where one run ends."""
+    import shutil
+
+    laptop = age.recipient_from_identity(age.generate_identity())
+    for regex in (r"sops/shared\.yaml$", r"sops/alpha(-\d+)?\.yaml$", r"sops/beta(-\d+)?\.yaml$"):
+        _add_member(repo, regex, "laptop", laptop)
+    twin = str(tmp_path / "twin")
+    shutil.copytree(repo.path, twin, symlinks=True)
+    before = _state(repo)
+    ids = [repo.identities["admin"]]
+
+    plan = fleet.rekey(repo.path, ids, plan_only_above=2)
+    assert plan.planned and _state(repo) == before
+    assert plan.changed_files == ["sops/alpha.yaml", "sops/beta.yaml", "sops/shared.yaml"]
+    assert plan.counts["recipients_added"] == 1 and plan.recipients == {"added": ["laptop"], "removed": []}
+    assert plan.summary("rekeyed") == ("3 of 4 sops files to be rekeyed in batches, 1 unchanged; "
+                                       "recipients added: laptop; 1 not sops-encrypted")
+    done = []
+    for batch in (plan.changed_files[:2], plan.changed_files[2:]):
+        res = fleet.rekey(repo.path, ids, files=batch, plan_only_above=2)
+        assert not res.planned and res.changed_files == batch
+        done += res.changed_files
+    single = fleet.rekey(twin, ids)
+    assert not single.planned and single.changed_files == done
+    assert single.summary("rekeyed") == ("3 of 4 sops files rekeyed, 1 unchanged; recipients added: laptop; "
+                                         "1 not sops-encrypted")
+    assert fleet.rekey(repo.path, ids).changed_files == []  # nothing left to do
+    with pytest.raises(fleet.FleetError, match=r"files: sops/nope\.yaml is not a file under .*changed_files"):
+        fleet.rekey(repo.path, ids, files=["sops/nope.yaml"])
+
+
+def test_plan_only_above_refuses_like_one_run(repo):
+    """The plan opens every file: one that cannot be opened stops the run before any batch."""
+    r = age.recipient_from_identity(age.generate_identity())
+    _add_member(repo, r"sops/beta(-\d+)?\.yaml$", "x", r)
+    cfg = SopsConfig.load(repo.file(".sops.yaml"))
+    cfg.ensure_rule_member(r"sops/gamma(-\d+)?\.yaml$", "x")
+    cfg.save()
+    before = _state(repo)
+    with pytest.raises(fleet.FleetError, match="nothing was written: sops/gamma.yaml"):
+        fleet.rekey(repo.path, [repo.identities["beta"]], plan_only_above=1)
+    with pytest.raises(fleet.FleetError, match="rotate refused: 2 of 4 files .* nothing was written: sops/alpha.yaml"):
+        fleet.rotate(repo.path, [repo.identities["beta"]], plan_only_above=1)
+    assert _state(repo) == before
+    plan = fleet.rotate(repo.path, [repo.identities["admin"]], path_regex="beta|gamma", plan_only_above=1)
+    assert plan.planned and plan.changed_files == ["sops/beta.yaml", "sops/gamma.yaml"]
+    assert _state(repo) == before
+
+
 def test_non_sops_and_unmatched_files_are_listed(repo):
     with open(repo.file("sops/plain.yaml"), "w") as fh:
         fh.write("password: oops\n")

@@ -22,7 +22,8 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix_check impor
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from tests.lib.runner import REPO, run_module
+from tests.lib.inproc import run_module_inproc
+from tests.lib.runner import REPO
 
 HASH = "a" * 32
 MANIFEST = f"/nix/store/{HASH}-manifest.json"
@@ -575,12 +576,12 @@ def test_raw_ssh_recipient_is_its_own_fault(sops_repo) -> None:
 def test_module_runs_in_check_mode_and_changes_nothing(tmp_path) -> None:
     h = healthy(str(tmp_path))
     os.chmod(h["tree"].p("/run/secrets.d/1/wifi-psk"), 0o444)
-    res = run_module("sops_nix_verify", h["args"], check=True)
+    res = run_module_inproc("sops_nix_verify", h["args"], check=True)
     assert not res.failed and not res.changed, res.stdout
     assert res.result["ok"] is False
     [fault] = res.result["faults"]
     assert fault["path"] == "/run/secrets/wifi-psk"
     assert "AGE-SECRET-KEY" not in res.stdout and "PRIVATE KEY" not in res.stdout
-    res = run_module("sops_nix_verify", dict(h["args"], fail_on_faults=True))
+    res = run_module_inproc("sops_nix_verify", dict(h["args"], fail_on_faults=True))
     assert res.failed and res.msg.startswith("testhost: 1 fault: secret /run/secrets/wifi-psk: ")
     assert "has mode 0444, the manifest asks for 0400" in res.msg and "\n" not in res.msg

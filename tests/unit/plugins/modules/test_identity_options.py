@@ -8,6 +8,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils import age, agefile,
 from ansible_collections.nixfleet.sops.plugins.module_utils import sops as engine
 
 from tests.lib import nftest
+from tests.lib.inproc import run_module_inproc
 from tests.lib.runner import run_module
 
 
@@ -34,12 +35,12 @@ def test_passphrase_command_plugin_pin_and_skipped_line_warning(tmp_path, monkey
     # The admin key, behind a passphrase given by a command.
     args = {"path": str(path), "key": "wifi", "state": "absent",
             "identity_files": [str(protected)], "identity_passphrase_command": f"{sys.executable} {script}"}
-    r = run_module("sops_secret", args, check=True)
+    r = run_module_inproc("sops_secret", args, check=True)
     assert not r.failed, r.msg
     assert r.changed
 
     # Without it: one clear line naming the file and the options.
-    r = run_module("sops_secret", {**args, "identity_passphrase_command": None}, check=True)
+    r = run_module_inproc("sops_secret", {**args, "identity_passphrase_command": None}, check=True)
     assert r.failed and "admin.age is passphrase-protected" in r.msg and "identity_passphrase" in r.msg
 
     # The plugin identity, with its PIN from a no_log option; the bad line is a warning, never echoed.

@@ -35,18 +35,18 @@ def _assert_no_secrets(res):
 def test_check_then_run_then_check_then_run(tmp_path, module):
     path = tmp_path / "new" / "key"
     args = {"path": str(path)}
-    first_check = run_module(module, args, check=True)
+    first_check = run_module_inproc(module, args, check=True)
     assert first_check.changed and not first_check.failed
     assert not (tmp_path / "new").exists(), "check mode wrote something"
 
-    first = run_module(module, args)
+    first = run_module_inproc(module, args)
     assert first.changed and not first.failed, first.result
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "new").st_mode) == 0o700
 
     before = _snapshot(tmp_path)
-    second_check = run_module(module, args, check=True)
-    second = run_module(module, args, diff=True)
+    second_check = run_module_inproc(module, args, check=True)
+    second = run_module_inproc(module, args, diff=True)
     assert not second_check.changed and not second.changed
     assert _snapshot(tmp_path) == before
     for res in (first_check, first, second_check, second):
@@ -63,43 +63,43 @@ def test_check_then_run_then_check_then_run(tmp_path, module):
 def test_age_keypair_derives_sops_nix_key_from_host_key(tmp_path):
     host = tmp_path / "ssh_host_ed25519_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host)], check=True)
-    res = run_module("age_keypair", {"path": str(tmp_path / "key.txt"), "ssh_key_path": str(host)})
+    res = run_module_inproc("age_keypair", {"path": str(tmp_path / "key.txt"), "ssh_key_path": str(host)})
     assert res.changed
     pub = (tmp_path / "ssh_host_ed25519_key.pub").read_text()
     assert res.result["recipient"] == age.ssh_public_key_to_recipient(pub)
-    again = run_module("age_keypair", {"path": str(tmp_path / "key.txt"), "ssh_key_path": str(host)})
+    again = run_module_inproc("age_keypair", {"path": str(tmp_path / "key.txt"), "ssh_key_path": str(host)})
     assert not again.changed
     _assert_no_secrets(res)
 
 
 def test_age_keypair_fixes_loose_mode(tmp_path):
     path = tmp_path / "keys.txt"
-    run_module("age_keypair", {"path": str(path)})
+    run_module_inproc("age_keypair", {"path": str(path)})
     path.chmod(0o644)
-    res = run_module("age_keypair", {"path": str(path)})
+    res = run_module_inproc("age_keypair", {"path": str(path)})
     assert res.changed
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
 def test_regenerate_always_changes_the_key(tmp_path):
     path = tmp_path / "keys.txt"
-    a = run_module("age_keypair", {"path": str(path)}).result["recipient"]
-    res = run_module("age_keypair", {"path": str(path), "regenerate": "always"})
+    a = run_module_inproc("age_keypair", {"path": str(path)}).result["recipient"]
+    res = run_module_inproc("age_keypair", {"path": str(path), "regenerate": "always"})
     assert res.changed and res.result["recipient"] != a
 
 
 def test_absent_removes(tmp_path):
     path = tmp_path / "id"
-    run_module("ssh_keypair", {"path": str(path)})
-    res = run_module("ssh_keypair", {"path": str(path), "state": "absent"})
+    run_module_inproc("ssh_keypair", {"path": str(path)})
+    res = run_module_inproc("ssh_keypair", {"path": str(path), "state": "absent"})
     assert res.changed and not path.exists() and not (tmp_path / "id.pub").exists()
-    assert not run_module("ssh_keypair", {"path": str(path), "state": "absent"}).changed
+    assert not run_module_inproc("ssh_keypair", {"path": str(path), "state": "absent"}).changed
 
 
 def test_ssh_keypair_comment_change_keeps_the_key(tmp_path):
     path = tmp_path / "id"
-    first = run_module("ssh_keypair", {"path": str(path), "comment": "a@b"})
-    res = run_module("ssh_keypair", {"path": str(path), "comment": "root@griefling"})
+    first = run_module_inproc("ssh_keypair", {"path": str(path), "comment": "a@b"})
+    res = run_module_inproc("ssh_keypair", {"path": str(path), "comment": "root@griefling"})
     assert res.changed
     assert res.result["age_recipient"] == first.result["age_recipient"]
     out = subprocess.run(["ssh-keygen", "-y", "-f", str(path)], capture_output=True, text=True, check=True)
@@ -141,7 +141,7 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(tmp_path, setup, modul
     else:
         args = {"path": str(src)}
     before = _snapshot(tmp_path)
-    res = run_module(module, args, verbosity=3)
+    res = run_module_inproc(module, args)
     assert res.failed
     assert why in res.msg
     assert "\n" not in res.msg and "Traceback" not in res.msg

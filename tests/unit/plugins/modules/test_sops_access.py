@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.lib.access_fleet import CATEGORIES, EXPECTED, HOST_SETTINGS, inventory_groups, make_access_repo, tree
+from tests.lib.inproc import run_module_inproc
 from tests.lib.runner import run_module
 
 
@@ -27,11 +28,11 @@ def test_check_real_check_real(repo):
     assert check.result["counts"] == {"categories": 5, "rules_changed": 5, "files_rekeyed": 5, "files_rotated": 0,
                                       "hosts_without_anchor": 0}
     assert [d.get("before_header", "").endswith(".sops.yaml") for d in check.result["diff"]] == [True, False]
-    real = run_module("sops_access", args(repo))
+    real = run_module_inproc("sops_access", args(repo))
     assert real.changed and real.result["changed_files"] == check.result["changed_files"]
     assert {r["category"]: r["added"] for r in real.result["rules"]} == EXPECTED
-    assert run_module("sops_access", args(repo), check=True).changed is False
-    again = run_module("sops_access", args(repo))
+    assert run_module_inproc("sops_access", args(repo), check=True).changed is False
+    again = run_module_inproc("sops_access", args(repo))
     assert again.changed is False and again.result["changed_files"] == []
     for r in (check, real, again):
         assert "AGE-SECRET-KEY" not in r.stdout + r.stderr
@@ -39,7 +40,7 @@ def test_check_real_check_real(repo):
 
 def test_bad_model_fails_with_one_line_and_writes_nothing(repo):
     before = tree(repo)
-    r = run_module("sops_access", args(repo, categories={"desktop": {"path_regex": "x", "groups": ["desktop"]}}))
+    r = run_module_inproc("sops_access", args(repo, categories={"desktop": {"path_regex": "x", "groups": ["desktop"]}}))
     assert r.failed
     assert r.msg.startswith("nixfleet_secret_categories.desktop.groups: no inventory group 'desktop'")
     assert "\n" not in r.msg and "Traceback" not in r.stdout + r.stderr
@@ -48,7 +49,7 @@ def test_bad_model_fails_with_one_line_and_writes_nothing(repo):
 
 def test_drift_only_needs_no_identity_and_changes_nothing(repo):
     before = tree(repo)
-    r = run_module("sops_access", {**args(repo, drift_only=True), "identity_files": []})
+    r = run_module_inproc("sops_access", {**args(repo, drift_only=True), "identity_files": []})
     assert not r.failed and r.changed is False, r.msg
     assert sorted({f["kind"] for f in r.result["findings"]}) == ["access_file_drift", "access_rule_missing"]
     assert r.msg == "10 access findings"

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from tests.lib.inproc import run_module_inproc
 from tests.lib.runner import run_module
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures", "sops_config")
@@ -31,29 +32,29 @@ def test_create_rule_check_real_check_real(cfg):
     assert state_of(cfg) == before
     assert "  - path_regex: 'sops/gusto\\.yaml$'\n" in r.result["diff"]["after"]
 
-    r = run_module("sops_creation_rule", args)
+    r = run_module_inproc("sops_creation_rule", args)
     assert r.changed
     assert r.result["rule"]["anchors"] == ["ta", "gusto"]
     assert len(r.result["rule"]["recipients"]) == 2
     after = state_of(cfg)
-    assert run_module("sops_creation_rule", args, check=True).changed is False
-    assert run_module("sops_creation_rule", args).changed is False
+    assert run_module_inproc("sops_creation_rule", args, check=True).changed is False
+    assert run_module_inproc("sops_creation_rule", args).changed is False
     assert state_of(cfg) == after
 
 
 def test_exclusive_and_absent(cfg):
     args = {"path": str(cfg), "path_regex": r"sops/shared\.yaml$", "anchors": ["ta", "genoa"], "exclusive": True}
-    r = run_module("sops_creation_rule", args)
+    r = run_module_inproc("sops_creation_rule", args)
     assert r.changed and r.result["rule"]["anchors"] == ["ta", "genoa"]
     assert "      - *gusto\n" not in cfg.read_text()
-    assert run_module("sops_creation_rule", args).changed is False
+    assert run_module_inproc("sops_creation_rule", args).changed is False
     absent = {"path": str(cfg), "path_regex": r"sops/genoa\.yaml$", "state": "absent"}
     before = state_of(cfg)
-    assert run_module("sops_creation_rule", absent, check=True).changed is True
+    assert run_module_inproc("sops_creation_rule", absent, check=True).changed is True
     assert state_of(cfg) == before
-    assert run_module("sops_creation_rule", absent).changed is True
+    assert run_module_inproc("sops_creation_rule", absent).changed is True
     assert "genoa\\.yaml" not in cfg.read_text()
-    assert run_module("sops_creation_rule", absent).changed is False
+    assert run_module_inproc("sops_creation_rule", absent).changed is False
 
 
 def test_key_groups_and_shamir(tmp_path):
@@ -65,11 +66,11 @@ def test_key_groups_and_shamir(tmp_path):
         "key_groups": [["alice", "bob"], ["vault"]],
         "shamir_threshold": 2,
     }
-    r = run_module("sops_creation_rule", args)
+    r = run_module_inproc("sops_creation_rule", args)
     assert r.changed and not r.failed, r.msg
     assert r.result["rule"]["shamir_threshold"] == 2
     assert len(r.result["rule"]["key_groups"]) == 2
-    assert run_module("sops_creation_rule", args).changed is False
+    assert run_module_inproc("sops_creation_rule", args).changed is False
 
 
 @pytest.mark.parametrize(
@@ -87,7 +88,7 @@ def test_key_groups_and_shamir(tmp_path):
 )
 def test_bad_input(cfg, args, expect):
     before = state_of(cfg)
-    r = run_module("sops_creation_rule", {"path": str(cfg), **args})
+    r = run_module_inproc("sops_creation_rule", {"path": str(cfg), **args})
     assert r.failed
     for e in expect:
         assert e in r.msg, r.msg

@@ -10,6 +10,7 @@ import sys
 import pyrage
 import pytest
 
+from tests.lib.inproc import run_module_inproc
 from tests.lib.runner import ansible_env, run_module
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures", "sops_config")
@@ -57,24 +58,24 @@ def test_add_host_check_real_check_real(cfg):
     assert r.result["diff"]["after"] == text
 
     after = state_of(cfg)
-    r = run_module("sops_recipient", args, check=True)
+    r = run_module_inproc("sops_recipient", args, check=True)
     assert not r.changed and not r.failed
-    r = run_module("sops_recipient", args)
+    r = run_module_inproc("sops_recipient", args)
     assert not r.changed and not r.failed
     assert state_of(cfg) == after
 
 
 def test_update_and_remove(cfg):
     new = new_recipient()
-    r = run_module("sops_recipient", {"path": str(cfg), "group": "hosts", "name": "ghost", "recipient": new})
+    r = run_module_inproc("sops_recipient", {"path": str(cfg), "group": "hosts", "name": "ghost", "recipient": new})
     assert r.changed and r.result["recipient"] == new
     before = state_of(cfg)
-    r = run_module("sops_recipient", {"path": str(cfg), "name": "ghost", "state": "absent"}, check=True)
+    r = run_module_inproc("sops_recipient", {"path": str(cfg), "name": "ghost", "state": "absent"}, check=True)
     assert r.changed and state_of(cfg) == before
-    r = run_module("sops_recipient", {"path": str(cfg), "name": "ghost", "state": "absent"})
+    r = run_module_inproc("sops_recipient", {"path": str(cfg), "name": "ghost", "state": "absent"})
     assert r.changed
     assert "ghost" not in cfg.read_text().replace("# the laptop", "")
-    r = run_module("sops_recipient", {"path": str(cfg), "name": "ghost", "state": "absent"})
+    r = run_module_inproc("sops_recipient", {"path": str(cfg), "name": "ghost", "state": "absent"})
     assert not r.changed and not r.failed
 
 
@@ -102,7 +103,7 @@ def test_bad_input_fails_cleanly(cfg, args, expect):
         i = len(valid) // 2
         args["recipient"] = valid[:i] + ("q" if valid[i] != "q" else "p") + valid[i + 1 :]
     before = state_of(cfg)
-    r = run_module("sops_recipient", {"path": str(cfg), **args})
+    r = run_module_inproc("sops_recipient", {"path": str(cfg), **args})
     assert r.failed
     assert "Traceback" not in r.msg and "\n" not in r.msg
     assert str(cfg) in r.msg
@@ -114,7 +115,8 @@ def test_bad_input_fails_cleanly(cfg, args, expect):
 def test_yaml_syntax_error(cfg):
     cfg.write_text("keys:\n  hosts:\n    - &a x: y: z\n")
     before = state_of(cfg)
-    r = run_module("sops_recipient", {"path": str(cfg), "group": "hosts", "name": "b", "recipient": new_recipient()})
+    r = run_module_inproc("sops_recipient",
+                          {"path": str(cfg), "group": "hosts", "name": "b", "recipient": new_recipient()})
     assert r.failed
     assert f"{cfg}, line 3" in r.msg and "YAML syntax error" in r.msg
     assert state_of(cfg) == before
@@ -123,7 +125,7 @@ def test_yaml_syntax_error(cfg):
 def test_alias_to_missing_anchor(cfg):
     cfg.write_text(cfg.read_text().replace("- *ghost", "- *ghosty"))
     before = state_of(cfg)
-    r = run_module(
+    r = run_module_inproc(
         "sops_recipient",
         {
             "path": str(cfg),
@@ -140,11 +142,11 @@ def test_alias_to_missing_anchor(cfg):
 
 def test_missing_file(tmp_path):
     path = tmp_path / ".sops.yaml"
-    r = run_module(
+    r = run_module_inproc(
         "sops_recipient", {"path": str(path), "group": "users", "name": "alice", "recipient": new_recipient()}
     )
     assert r.failed and "no such file" in r.msg
-    r = run_module(
+    r = run_module_inproc(
         "sops_recipient",
         {"path": str(path), "group": "users", "name": "alice", "recipient": new_recipient(), "create": True},
     )
@@ -177,7 +179,7 @@ def test_six_parallel_runs_all_land(cfg):
 
     names = [f"par{i}" for i in range(6)]
 
-    def add(name: str):
+    def add(name: str):  # separate processes (the CLI): the lock is per process
         return run_module(
             "sops_recipient", {"path": str(cfg), "group": "hosts", "name": name, "recipient": new_recipient()}
         )
@@ -198,6 +200,7 @@ def test_check_mode_takes_no_lock(cfg):
     args = {"path": str(cfg), "group": "hosts", "name": "gusto", "recipient": new_recipient(), "lock_timeout": 1}
     before = state_of(cfg)
     with repo_lock(str(cfg.parent), purpose="test holds it"):
+        # Other processes (the CLI): the lock is per process.
         checked = run_module("sops_recipient", args, check=True)
         real = run_module("sops_recipient", args)
     assert checked.changed and not checked.failed, checked.msg
@@ -224,7 +227,7 @@ def test_alias_bomb_fails_fast_and_writes_nothing(tmp_path, module, args):
     cfg.write_text("\n".join(lines) + "\n")
     before = state_of(cfg)
     t0 = time.monotonic()
-    r = run_module(module, {"path": str(cfg), **args})
+    r = run_module_inproc(module, {"path": str(cfg), **args})
     assert time.monotonic() - t0 < 30  # an Ansible run; the parse itself refuses in milliseconds
     assert r.failed and "aliases expand to more than" in r.msg and str(cfg) in r.msg, r.msg
     assert "\n" not in r.msg

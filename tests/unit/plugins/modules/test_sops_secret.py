@@ -9,6 +9,7 @@ import yaml
 from ansible_collections.nixfleet.sops.plugins.module_utils import age
 from ansible_collections.nixfleet.sops.plugins.module_utils import sops as engine
 
+from tests.lib.inproc import run_module_inproc
 from tests.lib.runner import run_module
 from tests.lib.secrets_repo import make_repo, sops_decrypt
 
@@ -58,9 +59,9 @@ def test_create_for_rule_check_run_check_run(repo, sops_bin, tmp_path):
     assert sops_decrypt(sops_bin, path, repo.keyfile("beta")).returncode != 0
 
     after = state_of(path)
-    r = run_module("sops_secret", args, check=True)
+    r = run_module_inproc("sops_secret", args, check=True)
     assert not r.failed and not r.changed and r.result["created"] is False
-    r = run_module("sops_secret", args)
+    r = run_module_inproc("sops_secret", args)
     assert not r.failed and not r.changed
     assert state_of(path) == after
 
@@ -89,7 +90,7 @@ def test_set_existing_check_run_check_run_no_leak(repo, sops_bin):
 
     after = state_of(path)
     for check in (True, False):
-        r = run_module("sops_secret", args, check=check, diff=True, verbosity=3)
+        r = run_module_inproc("sops_secret", args, check=check, diff=True)
         assert not r.failed and not r.changed
         assert secret not in r.stdout
     assert state_of(path) == after
@@ -99,7 +100,7 @@ def test_change_value_diff_shows_key_paths_only(repo):
     path = repo.file("sops/beta.yaml")
     kf = repo.keyfile("admin")
     first = {"home": "wifi-pass-one", "work": "wifi-pass-two"}
-    r = run_module("sops_secret", {"path": path, "key": "wifi", "value": first, "identity_files": [kf]})
+    r = run_module_inproc("sops_secret", {"path": path, "key": "wifi", "value": first, "identity_files": [kf]})
     assert r.changed and not r.failed, r.msg
 
     second = {"home": "wifi-pass-one", "work": "wifi-pass-three", "cafe": "wifi-pass-four"}
@@ -112,8 +113,8 @@ def test_change_value_diff_shows_key_paths_only(repo):
     for v in ("wifi-pass-one", "wifi-pass-three", "wifi-pass-four"):
         assert v not in r.stdout and v not in r.stderr
 
-    r = run_module("sops_secret", {"path": path, "key": ["keys", "age"], "value": "secret-beta-0",
-                                   "identity_files": [kf]}, diff=True, verbosity=3)
+    r = run_module_inproc("sops_secret", {"path": path, "key": ["keys", "age"], "value": "secret-beta-0",
+                                          "identity_files": [kf]}, diff=True)
     assert not r.changed and r.result["diff"]["before"] == r.result["diff"]["after"] == "keys/age: (set)\n"
 
 
@@ -121,7 +122,7 @@ def test_unset(repo, sops_bin):
     path = repo.file("sops/alpha.yaml")
     args = {"path": path, "key": "keys/age", "state": "absent", "age_keys": [repo.identities["admin"]]}
     before = state_of(path)
-    r = run_module("sops_secret", args, check=True, diff=True, verbosity=3)
+    r = run_module_inproc("sops_secret", args, check=True, diff=True)
     assert r.changed and not r.failed, r.msg
     assert r.result["diff"]["before"] == "keys/age: (set)\n"
     assert r.result["diff"]["after"] == "keys/age: (removed)\n"
@@ -129,7 +130,7 @@ def test_unset(repo, sops_bin):
     for out in (r.stdout, r.stderr):
         assert "AGE-SECRET-KEY-" not in out and "secret-alpha-0" not in out
 
-    r = run_module("sops_secret", args)
+    r = run_module_inproc("sops_secret", args)
     assert r.changed and not r.failed
     out = sops_decrypt(sops_bin, path, repo.keyfile("alpha"))
     assert out.returncode == 0, out.stderr
@@ -137,7 +138,7 @@ def test_unset(repo, sops_bin):
 
     after = state_of(path)
     for check in (True, False):
-        r = run_module("sops_secret", args, check=check)
+        r = run_module_inproc("sops_secret", args, check=check)
         assert not r.changed and not r.failed
     assert state_of(path) == after
 
@@ -146,12 +147,12 @@ def test_create_with_explicit_config_and_create_false(repo, tmp_path):
     elsewhere = tmp_path / "elsewhere" / "sops"
     elsewhere.mkdir(parents=True)
     path = str(elsewhere / "beta.yaml")
-    r = run_module("sops_secret", {"path": path, "key": "a", "value": "some-long-value", "create": False})
+    r = run_module_inproc("sops_secret", {"path": path, "key": "a", "value": "some-long-value", "create": False})
     assert r.failed and "create=true" in r.msg and not os.path.exists(path)
-    r = run_module("sops_secret", {"path": path, "key": "a", "value": "some-long-value"})
+    r = run_module_inproc("sops_secret", {"path": path, "key": "a", "value": "some-long-value"})
     assert r.failed and "no .sops.yaml was found" in r.msg and path in r.msg
     args = {"path": path, "key": "a", "value": "some-long-value", "config": repo.file(".sops.yaml")}
-    r = run_module("sops_secret", args)
+    r = run_module_inproc("sops_secret", args)
     assert r.changed and not r.failed, r.msg
     assert file_recipients(path) == {repo.recipient("admin"), repo.recipient("beta")}
 
@@ -197,7 +198,7 @@ def test_bad_input_one_clear_line_file_untouched(repo, case, fragment):
     target = args["path"]
     before = state_of(target) if os.path.exists(target) else None
 
-    r = run_module("sops_secret", args, verbosity=3)
+    r = run_module_inproc("sops_secret", args)
     assert r.failed, r.result
     assert fragment in r.msg, r.msg
     assert "\n" not in r.msg and "Traceback" not in r.msg

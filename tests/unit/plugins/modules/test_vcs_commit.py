@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.lib.runner import run_module
+from tests.lib.inproc import run_module_inproc
 
 
 def git(repo, *args):
@@ -19,16 +19,16 @@ def test_commit_then_nothing(tmp_path):
     git(repo, "config", "user.name", "t")
     (repo / "f.yaml").write_text("a: 1\n")
     args = {"repo": str(repo), "paths": ["f.yaml"], "message": "chore(sops): add f"}
-    check = run_module("vcs_commit", args, check=True)
+    check = run_module_inproc("vcs_commit", args, check=True)
     assert check.changed and not check.failed
     assert subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True).returncode != 0
-    first = run_module("vcs_commit", args)
+    first = run_module_inproc("vcs_commit", args)
     assert first.changed and first.result["commit"] == git(repo, "rev-parse", "HEAD").strip()
-    second = run_module("vcs_commit", args)
+    second = run_module_inproc("vcs_commit", args)
     assert not second.changed
     assert git(repo, "rev-list", "--count", "HEAD").strip() == "1"
 
 
 def test_error_is_clear(tmp_path):
-    res = run_module("vcs_commit", {"repo": str(tmp_path), "paths": ["x"], "message": "m"})
+    res = run_module_inproc("vcs_commit", {"repo": str(tmp_path), "paths": ["x"], "message": "m"})
     assert res.failed and "neither a git nor a jj repository" in res.msg
