@@ -120,7 +120,7 @@ def public_key_file(w: World) -> str:
 def config_cases(playbook: str, *which: str, tags: str | None = None, **extra: Any) -> None:
     """``.sops.yaml`` a FIFO, a link out of the tree, malformed YAML, an alias bomb."""
     kinds = {"config_fifo": (fifo_config, ("fifo_repo", "FIFO")),
-             "config_link_out": (link_out_config, ("link_repo", r"\.sops\.yaml", "link")),
+             "config_link_out": (link_out_config, ("link_repo", r"\.sops\.yaml", "symlink to /etc/passwd", "outside")),
              "config_malformed": (malformed_config, ("malformed_repo", r"\.sops\.yaml")),
              "config_alias_bomb": (None, ("bomb_repo", r"\.sops\.yaml", "alias"))}
     for name in which:
@@ -161,7 +161,7 @@ case("bootstrap", "host_named_dotdot", (r"\.\./x", "host name", "not allowed"))(
     lambda w: Run(hosts={"../x": BOOT_HOST}))
 case("bootstrap", "primary_user", ("gamma", "user", "not a valid user|not allowed"))(
     lambda w: Run(hosts={"gamma": {**BOOT_HOST, "nixfleet_primary_user": "../root"}}))
-case("bootstrap", "config_link_out", ("link_repo", r"\.sops\.yaml", "link"))(
+case("bootstrap", "config_link_out", ("link_repo", r"\.sops\.yaml", "symlink to /etc/passwd", "outside"))(
     lambda w: Run(hosts={"gamma": BOOT_HOST},
                   extra_vars={"nixfleet_secrets_repo": repo_copy(w, "link_repo", link_out_config)}))
 case("bootstrap", "identity_dir", ("hostile/dir", "directory"))(
@@ -193,7 +193,25 @@ case("break_glass", "recover_admin_key_file_public", ("open-keys.txt", "0644", "
                               "nixfleet_break_glass_admin_key_file": public_key_file(w)}, tags="recover"))
 
 # --------------------------------------------------------------------------- demo
-case("demo", "repo_is_a_file", ("garbage",))(lambda w: Run(extra_vars={"nixfleet_secrets_repo": w.bad["garbage"]}))
+case("demo", "repo_is_a_file", ("nixfleet_secrets_repo", "garbage", "not a directory"))(
+    lambda w: Run(extra_vars={"nixfleet_secrets_repo": w.bad["garbage"]}))
+
+# --------------------------------------------------------------------------- init
+case("init", "repo_unset", ("nixfleet_secrets_repo",))(lambda w: Run(group_vars={"nixfleet_secrets_repo": None}))
+case("init", "repo_is_a_file", ("garbage", "not a directory"))(
+    lambda w: Run(extra_vars={"nixfleet_secrets_repo": w.bad["garbage"]}))
+case("init", "repo_holds_other_files", ("hostile",))(lambda w: Run(extra_vars={"nixfleet_secrets_repo": hostile(w)}))
+case("init", "admin_key_file_dir", ("hostile/dir", "directory"))(
+    lambda w: Run(extra_vars={"nixfleet_secrets_repo": home(w, "new"), "nixfleet_admin_key_file": w.bad["dir"]}))
+case("init", "admin_recipient_checksum", ("admin_recipient", "checksum"))(
+    lambda w: Run(extra_vars={"nixfleet_secrets_repo": home(w, "new"),
+                              "nixfleet_admin_recipient": flip(w.repo.recipient("admin"))}))
+case("init", "admin_anchor", (r"\.\./x",))(
+    lambda w: Run(extra_vars={"nixfleet_secrets_repo": home(w, "new"), "nixfleet_admin_anchor": "../x",
+                              "nixfleet_admin_recipient": w.repo.recipient("admin")}))
+case("init", "vcs_unknown", ("vcs", "svn"))(
+    lambda w: Run(extra_vars={"nixfleet_secrets_repo": home(w, "new"), "nixfleet_vcs": "svn",
+                              "nixfleet_admin_recipient": w.repo.recipient("admin")}))
 
 # --------------------------------------------------------------------------- rekey
 case("rekey", "repo_without_config", (r"hostile/dir", r"\.sops\.yaml"))(
@@ -205,13 +223,13 @@ case("rekey", "identity_fifo", ("fifo", "FIFO"))(lambda w: Run(extra_vars={"nixf
 case("revoke", "host_dotdot", (r"\.\./x", "host name", "not allowed"))(
     lambda w: Run(extra_vars={"nixfleet_revoke_host": "../x"}))
 case("revoke", "host_missing", ("nixfleet_revoke_host",))(lambda w: Run())
-case("revoke", "own_files", ("nixfleet_revoke_files|own_files", "keep"))(
+case("revoke", "own_files", ("nixfleet_revoke_files", "remove or archive", "keep"))(
     lambda w: Run(extra_vars={"nixfleet_revoke_host": "beta", "nixfleet_revoke_files": "keep"}))
 case("revoke", "report_dir_fifo", ("fifo", "not a plain directory"))(
     lambda w: Run(extra_vars={"nixfleet_revoke_host": "beta", "nixfleet_revoke_report_dir": w.bad["fifo"]}))
 case("revoke", "primary_user", ("beta", "primary user", "not a valid user"))(
     lambda w: Run(extra_vars={"nixfleet_revoke_host": "beta"}, hosts={"beta": {"nixfleet_primary_user": "../root"}}))
-case("revoke", "repo_is_a_file", ("garbage",))(
+case("revoke", "repo_is_a_file", ("garbage", "not a directory"))(
     lambda w: Run(extra_vars={"nixfleet_revoke_host": "beta", "nixfleet_secrets_repo": w.bad["garbage"]}))
 
 # --------------------------------------------------------------------------- rotate
@@ -219,7 +237,6 @@ case("rotate", "anchor_dotdot", (r"\.\./x", "anchor"))(lambda w: Run(extra_vars=
 case("rotate", "path_regex", ("rotate_path_regex|path_regex",))(lambda w: Run(extra_vars={"rotate_path_regex": "("}))
 case("rotate", "recipient_checksum", ("recipient", "checksum"))(
     lambda w: Run(extra_vars={"rotate_recipient": flip(w.repo.recipient("alpha"))}))
-config_cases("rotate", "config_malformed")
 
 # --------------------------------------------------------------------------- rotate_keys
 case("rotate_keys", "unknown_kind", ("alpha", "everything", "cannot be rotated"))(
