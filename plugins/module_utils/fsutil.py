@@ -491,6 +491,8 @@ def repo_lock(
     are spent waiting for a busy lock (parallel runs queue up) before giving up.
     """
     if not os.path.isdir(directory):
+        if os.path.lexists(directory):
+            raise NotADirectoryError(errno.ENOTDIR, "is not a directory (is this the secrets repository?)", directory)
         raise FileNotFoundError(errno.ENOENT, "no such directory (is this the secrets repository?)", directory)
     if require and not os.path.exists(os.path.join(directory, require)):
         raise FileNotFoundError(errno.ENOENT, f"has no {require}: is this the secrets repository?", directory)

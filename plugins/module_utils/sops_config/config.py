@@ -25,7 +25,15 @@ class SopsConfig(RuleEdits):
 
     @classmethod
     def load(cls, path: str, missing_ok: bool = False) -> SopsConfig:
-        """Read ``path``; with ``missing_ok`` a missing file is an empty config (created on save)."""
+        """Read ``path``; with ``missing_ok`` a missing file is an empty config (created on save).
+
+        A ``.sops.yaml`` that is a symlink out of its own directory is refused: the repository's
+        rules would come from (and a save would go to) a file someone else may control."""
+        if os.path.islink(path):
+            real, home = os.path.realpath(path), os.path.realpath(os.path.dirname(os.path.abspath(path)))
+            if os.path.commonpath([real, home]) != home:
+                raise SopsConfigError(f"{path} is a symlink to {real}, outside {home}: replace the link with the "
+                                      ".sops.yaml itself")
         try:
             text = read_regular(path, CONFIG_LIMIT, ".sops.yaml").decode("utf-8")
         except FileNotFoundError:

@@ -361,3 +361,20 @@ def test_generate_refuses_bad_input_before_making_a_key(tmp_path):
     with pytest.raises(breakglass.BreakGlassError, match="fleet name"):
         breakglass.generate(str(tmp_path / "x"), "../etc")
     assert not (tmp_path / "x").exists()
+
+
+def test_recover_refuses_an_existing_key_file_others_can_read(repo, glass, tmp_path):
+    identity, recipient = glass
+    breakglass.register(repo.path, recipient, admin_ids(repo))
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    key_file = home / "keys.txt"
+    key_file.write_text(age.format_identity_file(age.generate_identity()))
+    os.chmod(key_file, 0o640)
+    before = tree_bytes(repo.path)
+    with pytest.raises(breakglass.BreakGlassError, match=r"keys\.txt has mode 0640 \(others can read it\)"):
+        breakglass.recover(repo.path, identity, admin_key_file=str(key_file))
+    assert tree_bytes(repo.path) == before
+    os.chmod(key_file, 0o600)  # once private again it is taken as the new admin key
+    res = breakglass.recover(repo.path, identity, admin_key_file=str(key_file))
+    assert res.recipient == age.recipient_from_identity(age.read_identity_file(str(key_file))[0])

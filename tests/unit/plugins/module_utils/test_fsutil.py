@@ -95,6 +95,17 @@ def test_lock_on_a_directory_that_is_not_a_repository_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_lock_on_a_file_says_it_is_not_a_directory(tmp_path):
+    (tmp_path / "repo").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is not a directory") as info:
+        with fsutil.repo_lock(str(tmp_path / "repo")):
+            pass
+    assert info.value.filename == str(tmp_path / "repo")
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        with fsutil.repo_lock(str(tmp_path / "missing")):
+            pass
+
+
 def test_lock_is_reentrant_in_one_thread_and_waits_for_another_process(tmp_path):
     (tmp_path / ".sops.yaml").write_text("")
     with fsutil.repo_lock(str(tmp_path), purpose="outer"):

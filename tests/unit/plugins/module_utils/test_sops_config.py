@@ -836,3 +836,19 @@ def test_lint_takes_the_files_from_its_caller():
     assert ("rule_unused", 17) in kinds  # secrets/web/… matches none of the given files
     assert ("rule_unused", 22) in kinds
     assert not any(k == "unmatched_sops_file" and p == "a.txt" for k, p in kinds)
+
+
+def test_a_sops_yaml_linked_out_of_its_directory_is_refused(tmp_path):
+    repo, outside = tmp_path / "repo", tmp_path / "outside"
+    repo.mkdir()
+    outside.mkdir()
+    text = "creation_rules:\n  - path_regex: x\n    age: age1x\n"
+    (outside / "rules.yaml").write_text(text)
+    (repo / ".sops.yaml").symlink_to(outside / "rules.yaml")
+    with pytest.raises(SopsConfigError, match=r"\.sops\.yaml is a symlink to .*outside/rules\.yaml, outside .*repo"):
+        SopsConfig.load(str(repo / ".sops.yaml"))
+    # A link that stays inside the directory is read as before.
+    (repo / "rules.yaml").write_text(text)
+    (repo / ".sops.yaml").unlink()
+    (repo / ".sops.yaml").symlink_to("rules.yaml")
+    assert SopsConfig.load(str(repo / ".sops.yaml")).text == text
