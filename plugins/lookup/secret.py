@@ -59,7 +59,7 @@ notes:
   - "The value is returned to the template; mark tasks that print or pass it on with C(no_log: true)."
 seealso:
   - module: nixfleet.sops.sops_secret
-author: nixfleet maintainers
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""

@@ -18,11 +18,19 @@ description:
     unused rules)."
   - Each finding has a severity, a message naming the file, anchor or host, and the fix.
   - Optionally writes an HTML report with the access matrix a person can open.
+requirements:
+  - cryptography >= 42
+  - pyrage >= 1.2
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
+  - PyYAML
+  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository (the directory holding C(.sops.yaml)).
     type: path
     required: true
+    aliases: [secrets_repo]
   hosts:
     description: Inventory host names that should each have an anchor (enables the host-without-key check).
     type: list
@@ -58,10 +66,15 @@ attributes:
     description: The audit only reads; in check mode the HTML report is not written.
   diff_mode:
     support: none
+    description: Nothing is changed; the findings are the result.
   idempotent:
     support: full
     description: Read-only, apart from the report, which is rewritten only when its content changes.
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.sops_key_inventory
+  - module: nixfleet.sops.sops_access
+  - module: nixfleet.sops.sops_rotate_keys
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""
@@ -109,7 +122,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.module_support impor
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            repo=dict(type="path", required=True),
+            repo=dict(type="path", required=True, aliases=["secrets_repo"]),
             hosts=dict(type="list", elements="str", default=[]),
             max_age_days=dict(type="dict", default={}),
             secrets_dirs=dict(type="list", elements="str", default=["sops"]),

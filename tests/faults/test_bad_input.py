@@ -88,6 +88,8 @@ case("sops_secret", "key_sops", ("sops", "metadata"))(lambda w: _secret(w, key="
 case("sops_secret", "key_syntax", (r"\[bad", "sops syntax"))(lambda w: _secret(w, key='["a"][bad'))
 case("sops_secret", "key_index_first", ("list index",))(lambda w: _secret(w, key=[0, "a"]))
 case("sops_secret", "key_type", ("key path", "dict"))(lambda w: _secret(w, key={"a": 1}))
+
+
 def _from_file(w: World, bad: str) -> dict[str, Any]:
     args = {k: v for k, v in _secret(w).items() if k != "value"}
     return {**args, "value_file": w.bad[bad]}

@@ -27,12 +27,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml import events as ev
-from ruamel.yaml.error import MarkedYAMLError
-from ruamel.yaml.main import CParser  # libyaml's parser from ruamel.yaml.clib; None when it is not installed
-
+from ..module_support import note_missing_lib
 from .common import SopsConfigError
+
+# Guarded: without the library, modules fail with missing_required_lib (module_support.require_libs).
+try:
+    from ruamel.yaml import YAML
+    from ruamel.yaml import events as ev
+    from ruamel.yaml.error import MarkedYAMLError
+    from ruamel.yaml.main import CParser  # libyaml's parser from ruamel.yaml.clib; None when it is not installed
+except ImportError:
+    note_missing_lib("ruamel.yaml")
 
 # Far above what any real .sops.yaml reaches through aliases (a 2,000-host file: ~10,000),
 # far below what takes noticeable time or memory to walk.

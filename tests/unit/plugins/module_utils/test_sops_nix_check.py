@@ -79,7 +79,7 @@ def healthy(root: str, **tree_args) -> dict:
     t.write("/var/lib/sops-nix/key.txt", age.format_identity_file(identity))
     user_identity = age.generate_identity()
     t.write("/home/rain/.config/sops/age/keys.txt", age.format_identity_file(user_identity))
-    deploy_private, _ = _ssh_key()
+    deploy_private, _unused = _ssh_key()
     t.write("/root/.ssh/nix-secrets-deploy", deploy_private)
     t.write("/root/.ssh/config", "Host nix-secrets\n  HostName github.com\n  IdentityFile ~/.ssh/nix-secrets-deploy\n")
     manifest = {
@@ -159,7 +159,7 @@ def test_parse_ssh_private_key_pkcs8_and_corrupt() -> None:
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     assert sops_nix_check.ssh_seed_recipient(parse_ssh_private_key(pkcs8).seed) == \
         age.ssh_public_key_to_recipient(public)
-    private, _ = _ssh_key()
+    private, _unused = _ssh_key()
     lines = private.splitlines()
     with pytest.raises(age.AgeKeyError):
         parse_ssh_private_key("\n".join(lines[:3] + lines[-1:]))
@@ -187,7 +187,8 @@ sys.meta_path.insert(0, Block())
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix_check import verify
 print(json.dumps(verify(**json.loads(sys.argv[1]))))
 """
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(h["args"])], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(h["args"])], capture_output=True,
+                         text=True, check=False)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["ok"] and result["recipients"] == [h["host_recipient"]], result["faults"]
@@ -452,7 +453,7 @@ def sops_repo(tmp_path_factory, sops_bin) -> dict:
     host = age.generate_identity()
     other = age.generate_identity()
     host_r, other_r = age.recipient_from_identity(host), age.recipient_from_identity(other)
-    _, ssh_public = _ssh_key()
+    _unused, ssh_public = _ssh_key()
     (repo / "sops").mkdir()
     plain = {
         "sops/shared.yaml": "wifi:\n  psk: hunter2\n",
@@ -523,7 +524,7 @@ def _escape_tree(tmp_path) -> tuple[str, str]:
     f"/nix/store/{HASH}-source/..",
 ])
 def test_map_sops_file_never_leaves_the_repo(tmp_path, sops_file) -> None:
-    repo, _ = _escape_tree(tmp_path)
+    repo, _unused = _escape_tree(tmp_path)
     with pytest.raises(VerifyError, match="leads out of the secrets repo"):
         map_sops_file(sops_file, repo)
 
