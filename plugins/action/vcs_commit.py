@@ -12,7 +12,8 @@ from __future__ import annotations
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
-OLD, NEW = "message", "commit_message"
+OLD = "message"
+NEW = "commit_message"
 
 
 class ActionModule(ActionBase):

@@ -143,7 +143,7 @@ IDENTITY_ARGS: dict[str, dict[str, Any]] = {
     # A command line is not a secret; saying so stops Ansible warning about a "pass…" option name.
     "identity_passphrase_command": {"type": "str", "no_log": False},
     "age_plugin_secret": {"type": "str", "no_log": True},
-    "age_plugin_secret_command": {"type": "str"},
+    "age_plugin_secret_command": {"type": "str", "no_log": False},
 }
 
 

@@ -125,7 +125,7 @@ def main() -> None:
             repo=dict(type="path", required=True, aliases=["secrets_repo"]),
             hosts=dict(type="list", elements="str", default=[]),
             max_age_days=dict(type="dict", default={}),
-            secrets_dirs=dict(type="list", elements="str", default=["sops"]),
+            secrets_dirs=dict(type="list", elements="str", default=["sops"], no_log=False),
             break_glass_anchor=dict(type="str"),
             drill_max_age_days=dict(type="int", default=365),
             report_path=dict(type="path"),

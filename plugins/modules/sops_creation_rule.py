@@ -160,7 +160,7 @@ def main() -> None:
             "path_regex": {"type": "str", "required": True},
             "anchors": {"type": "list", "elements": "str", "default": []},
             "exclusive": {"type": "bool", "default": False},
-            "key_groups": {"type": "list", "elements": "list"},
+            "key_groups": {"type": "list", "elements": "list", "no_log": False},  # anchor names
             "shamir_threshold": {"type": "int"},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             "create": {"type": "bool", "default": False},

@@ -216,7 +216,7 @@ def main() -> None:
             deploy_repos=dict(type="list", elements="str", default=[]),
             max_age_days=dict(type="dict", default={}),
             forge_ready=dict(type="bool", default=False),
-            secrets=dict(type="list", elements="dict", default=[]),
+            secrets=dict(type="list", elements="dict", default=[], no_log=False),  # names and files, never values
             sops_files=dict(type="list", elements="str", default=[]),
             deployed=dict(type="dict", default={}),
             lock_timeout=dict(type="int", default=600),

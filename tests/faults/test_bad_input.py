@@ -181,7 +181,7 @@ case("sops_rotate", "recipient", ("recipient", "checksum"))(
     lambda w: _fleet(w, recipient=flip(w.repo.recipient("admin"))))
 case("sops_rotate", "anchor", ("ghost", "no anchor"))(lambda w: _fleet(w, anchor="ghost"))
 _identity_cases("sops_rotate", _fleet)
-_identity_cases("sops_rekey", lambda w: _fleet(w), needs_open=False)
+_identity_cases("sops_rekey", _fleet, needs_open=False)
 case("sops_audit", "report_fifo", ("fifo", "FIFO"))(lambda w: _audit(w, report_path=w.bad["fifo"]))
 
 

@@ -519,7 +519,8 @@ def gpg_home():
                    env=env, check=True, capture_output=True, timeout=60)
     out = subprocess.run(["gpg", "--batch", "--list-keys", "--with-colons"], env=env, check=True,
                          capture_output=True, text=True).stdout
-    fp = next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
+    fp = next((line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:")), None)
+    assert fp, out
     subprocess.run([*gen, "--quick-add-key", fp, "cv25519", "encr", "never"], env=env, check=True,
                    capture_output=True, timeout=60)
     yield home, fp

@@ -301,7 +301,7 @@ def _parse(b: _Builder, text: str, path: str) -> ParsedDoc:
             handler = handlers.get(type(e))
             if handler is not None:
                 handler(e)
-            elif type(e) is ev.DocumentStartEvent:
+            elif isinstance(e, ev.DocumentStartEvent):
                 docs += 1
                 if docs > 1:
                     raise SopsConfigError(f"{path}: holds more than one YAML document; sops reads only one")

@@ -304,7 +304,7 @@ def test_reports_every_fault_not_just_the_first(tmp_path) -> None:
 
 def test_host_key_changed_against_sops_yaml(tmp_path) -> None:
     h = healthy(str(tmp_path))
-    args = dict(h["args"], expected_recipients=[age.recipient_from_identity(age.generate_identity())])
+    args = {**h["args"], "expected_recipients": [age.recipient_from_identity(age.generate_identity())]}
     result = verify(**args)
     assert {(f["check"], f["path"]) for f in result["faults"]} == {
         ("recipient", "/etc/ssh/ssh_host_ed25519_key"), ("recipient", "/var/lib/sops-nix/key.txt")}
@@ -349,7 +349,7 @@ def test_secret_owner_by_uid_and_unknown_user(tmp_path) -> None:
 
 def test_user_key_recipient_mismatch_and_garbage(tmp_path) -> None:
     h = healthy(str(tmp_path))
-    args = dict(h["args"], user_key=dict(h["args"]["user_key"], expected_recipient=h["host_recipient"]))
+    args = {**h["args"], "user_key": {**h["args"]["user_key"], "expected_recipient": h["host_recipient"]}}
     [fault] = verify(**args)["faults"]
     assert fault["check"] == "user_key" and "not the one registered for rain" in fault["message"]
     h["tree"].write("/home/rain/.config/sops/age/keys.txt", "not a key\n")
@@ -360,8 +360,8 @@ def test_user_key_recipient_mismatch_and_garbage(tmp_path) -> None:
 def test_deploy_keys_and_ssh_config(tmp_path) -> None:
     h = healthy(str(tmp_path))
     t = h["tree"]
-    args = dict(h["args"], deploy_keys=[{"path": "/root/.ssh/nix-secrets-deploy", "alias": "nix-secrets"},
-                                        {"path": "/root/.ssh/nix-config-deploy", "alias": "nix-config"}])
+    args = {**h["args"], "deploy_keys": [{"path": "/root/.ssh/nix-secrets-deploy", "alias": "nix-secrets"},
+                                         {"path": "/root/.ssh/nix-config-deploy", "alias": "nix-config"}]}
     result = verify(**args)
     paths = {(f["check"], f["path"]) for f in result["faults"]}
     assert paths == {("deploy_key", "/root/.ssh/nix-config-deploy"), ("ssh_config", "/root/.ssh/config")}
