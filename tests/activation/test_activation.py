@@ -28,7 +28,7 @@ def _ssh_private() -> str:
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()).decode()
 
 
-@pytest.mark.parametrize("_", range(5))
+@pytest.mark.parametrize("_unused", range(5))
 def test_ssh_to_age_matches_the_collection(_unused: int) -> None:
     private = _ssh_private()
     assert activation.ssh_private_key_to_age(private) == age.ssh_private_key_to_identity(private)

@@ -41,7 +41,7 @@ def test_rfc7748_diffie_hellman() -> None:
     assert x25519.x25519(alice, bob_pub).hex() == shared == x25519.x25519(bob, alice_pub).hex()
 
 
-@pytest.mark.parametrize("_", range(25))
+@pytest.mark.parametrize("_unused", range(25))
 def test_matches_cryptography(_unused: int) -> None:
     scalar = os.urandom(32)
     theirs = X25519PrivateKey.from_private_bytes(scalar).public_key().public_bytes_raw()
