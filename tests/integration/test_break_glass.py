@@ -147,8 +147,8 @@ def test_generate_register_drill_recover_end_to_end(tmp_path, env, sops_bin):
     assert "2 distinct share(s) given, 3 needed" in short.stdout
     assert_no_secret(short.stdout + short.stderr, identity, shares)
     # Ansible kept no module file (pipelining), so the typed shares never reached its temp files.
-    typed = [identity, identity[16:50]] + [s.split()[5] + " " + s.split()[6] for s in shares]
-    assert files_holding(str(tmp_path), typed, skip=out_dir) == []
+    secret_bits = [identity, identity[16:50]] + [s.split()[5] + " " + s.split()[6] for s in shares]
+    assert files_holding(str(tmp_path), secret_bits, skip=out_dir) == []
 
     # 4. the real sops decrypts every file with the recovered identity alone
     bg_file = tmp_path / "bg-keys.txt"
