@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from tests.lib.runner import run_module
+import subprocess
+import sys
+
+from tests.lib.runner import ansible_env, run_module
 
 BLOCKER = '''
 import importlib.abc, sys
@@ -32,3 +35,12 @@ def test_recipient_without_ruamel_names_it(tmp_path):
                    env=_without(tmp_path, "ruamel"))
     assert r.failed
     assert "Failed to import the required Python library (ruamel.yaml)" in r.msg, r.msg
+
+
+def test_secret_lookup_without_pyrage_names_it(tmp_path):
+    env = ansible_env(_without(tmp_path, "pyrage"))
+    proc = subprocess.run([f"{sys.prefix}/bin/ansible", "localhost", "-i", "localhost,", "-c", "local", "-m",
+                           "ansible.builtin.debug", "-a", "msg={{ lookup('nixfleet.sops.secret', 'x.yaml') }}"],
+                          capture_output=True, text=True, env=env, check=False, stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0
+    assert "Failed to import the required Python library (pyrage)" in proc.stdout + proc.stderr, proc.stdout
