@@ -265,10 +265,10 @@ case("age_keypair", "ssh_key_path_fifo", ("fifo", "FIFO"))(
 case("ssh_keypair", "comment_newline", ("comment", "single line"))(
     lambda w: {"path": os.path.join(w.base, "home", "id"), "comment": "a\nb"})
 case("vcs_commit", "outside", (r"\.\./", "outside the repository"))(
-    lambda w: {"repo": w.path, "paths": ["../x"], "message": "m"})
+    lambda w: {"repo": w.path, "paths": ["../x"], "commit_message": "m"})
 case("vcs_commit", "not_a_repo", ("hostile", "neither a git nor a jj"))(
-    lambda w: {"repo": os.path.join(w.base, "hostile"), "paths": ["x"], "message": "m"})
-case("vcs_commit", "empty_message", ("commit message",))(lambda w: {"repo": w.path, "paths": [], "message": " "})
+    lambda w: {"repo": os.path.join(w.base, "hostile"), "paths": ["x"], "commit_message": "m"})
+case("vcs_commit", "empty_message", ("commit message",))(lambda w: {"repo": w.path, "paths": [], "commit_message": " "})
 
 
 @pytest.fixture
