@@ -14,8 +14,8 @@ COLL_LINK := $(COLL_ROOT)/ansible_collections/nixfleet/sops
 # What the demo needs, and what the tests need on top (oracles, ssh, podman for molecule).
 APT_DEMO := git python3-venv
 # gnupg: a throwaway PGP key beside age in interop tests; chromium and zbar-tools: the break-glass paper
-# page rendered headless and its QR code read back.
-APT_TEST := $(APT_DEMO) age gnupg openssh-client podman runc debootstrap uidmap chromium zbar-tools
+# page rendered headless and its QR code read back. shellcheck: the shellcheck test of ansible-test sanity.
+APT_TEST := $(APT_DEMO) age gnupg openssh-client podman runc debootstrap uidmap chromium zbar-tools shellcheck
 # make ee: the base image is debootstrapped and the execution environment built and run with podman.
 APT_EE := $(APT_DEMO) podman runc debootstrap
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
@@ -23,7 +23,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLL_ROOT)
 export SOPS_DISABLE_VERSION_CHECK := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help deps deps-test venv collection lint unit test demo docs clean bench community-sops ee
+.PHONY: help deps deps-test venv collection lint sanity ansible-lint unit test demo docs clean bench community-sops ee
 
 help:
 	@echo "make demo   - run bootstrap on the built-in demo (throwaway secrets repo + demo host)"
@@ -71,6 +71,15 @@ lint: venv collection
 	$(BIN)/ruff check plugins tests benchmarks tools
 	$(BIN)/python tools/shape.py plugins/module_utils
 
+# ansible-test sanity, the tests that run offline (validate-modules, import, pylint, pep8, ...), on a copy of
+# the tree under ansible_collections/nixfleet/sops; tests/sanity/ignore-2.X.txt says why each exception is one.
+sanity: venv collection
+	tests/sanity/run.sh
+
+# ansible-lint --profile production (.ansible-lint) over playbooks, roles, molecule and the rest of the tree.
+ansible-lint: venv collection
+	$(BIN)/ansible-lint --offline
+
 docs: venv collection
 	@for m in $$(ls plugins/modules/*.py | xargs -n1 basename | sed 's/\.py$$//'); do \
 	  $(BIN)/ansible-doc -t module nixfleet.sops.$$m >/dev/null || { echo "ansible-doc failed for $$m"; exit 1; }; done
@@ -83,7 +92,7 @@ docs: venv collection
 unit: venv collection
 	$(BIN)/pytest -q tests
 
-test: deps-test venv collection community-sops lint docs unit
+test: deps-test venv collection community-sops lint sanity ansible-lint docs unit
 
 demo: venv collection
 	$(BIN)/ansible-playbook playbooks/demo.yml

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Access from the inventory at fleet scale: ``playbooks/access.yml`` with nothing to do.
 
 The repository is the fleet-scale benchmark's (benchmarks/fleet_scale.py, built
@@ -121,7 +120,7 @@ def main() -> None:
         inv = inventory(os.path.join(work, "inventory-access.yml"), repo, keyfile, n)
         first = playbook("access.yml", inv)
         head = git_head(repo)
-        noop = [playbook("access.yml", inv) for _ in range(args.repeat)]
+        noop = [playbook("access.yml", inv) for _unused in range(args.repeat)]
         assert git_head(repo) == head, "the no-op runs committed something"
         move = playbook("access.yml", inventory(inv, repo, keyfile, n, moved=True))
         touched = git_out(repo, "show", "--name-only", "--format=", "HEAD").split()

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Fleet rekey: nixfleet.sops against a `sops updatekeys -y` loop, on the same data, in the same run.
 
 Builds a secrets repository of N sops files, each encrypted to M recipients,
@@ -44,7 +43,7 @@ def build(base: str, n_files: int, n_recipients: int) -> tuple[str, str, list[st
     """n_files files for n_recipients recipients; the rule names one more. Returns (repo, keyfile, recipients)."""
     repo = os.path.join(base, "template")
     os.makedirs(os.path.join(repo, "sops"))
-    identities = [age.generate_identity() for _ in range(n_recipients + 1)]
+    identities = [age.generate_identity() for _unused in range(n_recipients + 1)]
     recipients = [age.recipient_from_identity(i) for i in identities]
     keyfile = os.path.join(base, "admin-keys.txt")
     with open(keyfile, "w") as fh:

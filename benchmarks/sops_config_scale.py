@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`.sops.yaml` at fleet scale: parse + model + matching, and adding one host.
 
 Generates a `.sops.yaml` for N hosts in the layout a nix-secrets repository
@@ -67,7 +66,7 @@ def generate(n_hosts: int) -> str:
 def best_of(runs: int, fn) -> float:
     """The fastest of ``runs`` timings of ``fn()`` in seconds."""
     best = float("inf")
-    for _ in range(runs):
+    for _unused in range(runs):
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)

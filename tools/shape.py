@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The code's shape, checked: no class in module_utils over 400 lines, no function over 80.
 
 Long classes and functions in module_utils are where logic hides from tests; the limits are the ones

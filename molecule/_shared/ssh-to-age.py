@@ -45,13 +45,13 @@ def _ed25519_public(text: str, mod) -> bytes:
     body = text.split("-----BEGIN OPENSSH PRIVATE KEY-----")[1].split("-----END OPENSSH PRIVATE KEY-----")[0]
     blob = base64.b64decode("".join(body.split()))
     off = len(b"openssh-key-v1\x00")
-    for _ in range(3):  # cipher, kdf, kdf options
-        _, off = mod._string(blob, off)
+    for _unused in range(3):  # cipher, kdf, kdf options
+        _unused, off = mod._string(blob, off)
     off += 4
-    pub_blob, _ = mod._string(blob, off)
+    pub_blob, _unused = mod._string(blob, off)
     keytype, p = mod._string(pub_blob, 0)
     assert keytype == b"ssh-ed25519", keytype
-    pub, _ = mod._string(pub_blob, p)
+    pub, _unused = mod._string(pub_blob, p)
     return pub
 
 

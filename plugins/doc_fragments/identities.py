@@ -20,14 +20,20 @@ options:
         (C(SOPS_AGE_KEY), C(SOPS_AGE_KEY_FILE), C(SOPS_AGE_KEY_CMD), C(SOPS_AGE_SSH_PRIVATE_KEY_FILE),
         C(~/.ssh/id_ed25519), C(~/.ssh/id_rsa), C($XDG_CONFIG_HOME/sops/age/keys.txt) or
         C(~/.config/sops/age/keys.txt)).
+      - C(age_keyfile) (community.sops's name for one such file) is an alias.
     type: list
     elements: path
     default: []
+    aliases: [age_keyfile]
   age_keys:
-    description: Literal C(AGE-SECRET-KEY-1…), C(AGE-SECRET-KEY-PQ-1…) or C(AGE-PLUGIN-…) identities. Never logged.
+    description:
+      - Literal C(AGE-SECRET-KEY-1…), C(AGE-SECRET-KEY-PQ-1…) or C(AGE-PLUGIN-…) identities. Never logged.
+      - C(age_key) (community.sops's name) is an alias; a key file's text given there (several lines, comments
+        included) is read as a key file is.
     type: list
     elements: str
     default: []
+    aliases: [age_key]
   identity_passphrase:
     description:
       - Passphrase of the passphrase-protected identities (age identity files encrypted with C(age -p), and

@@ -15,7 +15,7 @@ options:
     description: The SSH public key line.
     type: str
     required: true
-author: nixfleet maintainers
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""

@@ -59,7 +59,7 @@ notes:
   - "The value is returned to the template; mark tasks that print or pass it on with C(no_log: true)."
 seealso:
   - module: nixfleet.sops.sops_secret
-author: nixfleet maintainers
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""
@@ -107,7 +107,12 @@ class LookupModule(LookupBase):
         """One decrypted value (or document) per file in ``terms``."""
         from ansible_collections.nixfleet.sops.plugins.module_utils import fleet, secrets
         from ansible_collections.nixfleet.sops.plugins.module_utils.errors import NixfleetError
+        from ansible_collections.nixfleet.sops.plugins.module_utils.module_support import MISSING_LIBS
 
+        if MISSING_LIBS:
+            from ansible.module_utils.basic import missing_required_lib
+
+            raise AnsibleLookupError(missing_required_lib(next(iter(MISSING_LIBS))))
         self.set_options(var_options=variables, direct=kwargs)
         key = self.get_option("key")
         id_files = [os.path.expanduser(str(p)) for p in self.get_option("identity_files") or []]

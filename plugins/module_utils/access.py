@@ -376,7 +376,8 @@ def _add_markers(config: SopsConfig, names: Sequence[str], model: AccessModel) -
     at: dict[int, str] = {}
     for name in names:
         rule = config.find_rule(model.categories[name].path_regex)
-        assert rule is not None
+        if rule is None:
+            raise AssertionError("internal error: rule is not None does not hold")
         dash = _dash_line(lines, rule)
         indent = lines[dash][: len(lines[dash]) - len(lines[dash].lstrip())]
         at[dash] = indent + MARKER.format(name=name) + ("\r" if lines[dash].endswith("\r") else "")
@@ -490,7 +491,9 @@ def plan_files(
     changes: list[dict[str, Any]] = []
     orphaned: list[str] = []
     warnings: list[str] = []
-    label = lambda rs: sorted(names.get(r, r) for r in rs)  # noqa: E731
+
+    def label(rs):
+        return sorted(names.get(r, r) for r in rs)
     for rel, b in before.items():
         a = _rule_or_none(after, rel)
         was, now = b is not None and b.index in managed_before, a is not None and a.index in after_idx
@@ -655,8 +658,8 @@ def run(
     cfg_path = fleet.config_path(repo)
     if not os.path.exists(cfg_path):
         raise AccessError(f"{repo} has no {fleet.CONFIG_NAME}: is this the secrets repository?")
-    lock = nullcontext() if check_mode else repo_lock(repo, purpose="sops_access", require=fleet.CONFIG_NAME,
-                                                       wait=lock_wait)
+    lock = nullcontext() if check_mode else repo_lock(
+        repo, purpose="sops_access", require=fleet.CONFIG_NAME, wait=lock_wait)
     with lock:
         config = SopsConfig.load(cfg_path)
         original = config.text

@@ -257,7 +257,7 @@ def _ssh_recipient(r: str) -> tuple[str, str]:
         what = SSH_KEY_TYPES.get(keytype, keytype)
         raise AgeKeyError(f"a {what} SSH public key is not a recipient sops or age can encrypt to; {_ED25519_ONLY}")
     try:
-        parsed_type, blob, _ = parse_ssh_public_key(r)
+        parsed_type, blob, _unused = parse_ssh_public_key(r)
         if parsed_type != keytype:
             raise AgeKeyError(f"the line starts with {keytype} but holds a {parsed_type} key")
         _ssh_key_fields(keytype, blob)
@@ -268,13 +268,13 @@ def _ssh_recipient(r: str) -> tuple[str, str]:
 
 def _ssh_key_fields(keytype: str, blob: bytes) -> None:
     """Check the key blob holds exactly what its type needs (age refuses RSA under 2048 bits)."""
-    _, off = _read_string(blob, 0)
+    _unused, off = _read_string(blob, 0)
     if keytype == SSH_ED25519:
         key, off = _read_string(blob, off)
         if len(key) != 32:
             raise AgeKeyError("the ed25519 key is not 32 bytes")
     else:
-        _, off = _read_string(blob, off)  # e
+        _unused, off = _read_string(blob, off)  # e
         n, off = _read_string(blob, off)
         if int.from_bytes(n, "big").bit_length() < 2048:
             raise AgeKeyError("the RSA key is shorter than 2048 bits, which age refuses")
@@ -349,7 +349,7 @@ def validate_identity(identity: str, kinds: tuple[str, ...] | None = (X25519,)) 
     ``kinds`` are the accepted kinds (``plugin`` stands for every plugin);
     None accepts every age key line (X25519, post-quantum, plugin).
     """
-    kind, _ = _identity(identity)
+    kind, _unused = _identity(identity)
     if kinds is not None and kind not in kinds and not (kind.startswith(PLUGIN + ":") and PLUGIN in kinds):
         if kinds == (X25519,):
             _identity_bytes(identity)
@@ -562,7 +562,8 @@ def load_ssh_private_key(data: bytes | str, passphrase: bytes | str | None = Non
         return Ed25519Private(seed=seed, public=public, comment="")
     if passphrase:
         raise AgeKeyError("a passphrase was given but the SSH private key is not encrypted")
-    assert key.seed is not None
+    if key.seed is None:
+        raise AssertionError("internal error: key.seed is not None does not hold")
     public = key.public
     if public is not None and ssh_seed_recipient(key.seed) != recipient_from_public_bytes(
             _ed25519_to_x25519_public(public)):

@@ -21,12 +21,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from .age import AgeKeyError
+from .module_support import note_missing_lib
+
+# Guarded: without the library, modules fail with missing_required_lib (module_support.require_libs).
+try:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+except ImportError:
+    note_missing_lib("cryptography")
 
 INTRO = b"age-encryption.org/v1\n"
 ARMOR_BEGIN = "-----BEGIN AGE ENCRYPTED FILE-----"
@@ -102,7 +107,8 @@ class LineReader:
         """The next line including its LF; b"" at the end."""
         if self._stream is not None:
             return self._stream.readline()  # type: ignore[attr-defined]
-        assert self._buf is not None
+        if self._buf is None:
+            raise AssertionError("internal error: self._buf is not None does not hold")
         end = self._buf.find(b"\n", self._pos)
         end = len(self._buf) if end < 0 else end + 1
         line = self._buf[self._pos : end]
@@ -111,12 +117,14 @@ class LineReader:
 
     def peek(self, n: int) -> bytes:
         """The next ``n`` bytes without consuming them (buffers only)."""
-        assert self._buf is not None
+        if self._buf is None:
+            raise AssertionError("internal error: self._buf is not None does not hold")
         return self._buf[self._pos : self._pos + n]
 
     def rest(self) -> bytes:
         """Everything not read yet (buffers only)."""
-        assert self._buf is not None
+        if self._buf is None:
+            raise AssertionError("internal error: self._buf is not None does not hold")
         return self._buf[self._pos :]
 
 

@@ -20,12 +20,17 @@ import hashlib
 import os
 import struct
 
-from cryptography.hazmat.primitives.asymmetric import mlkem
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
 from .age import PQ_PUBLIC_SIZE, AgeKeyError
 from .agefile import FILE_KEY_SIZE, Stanza, aead_open, aead_seal, b64decode, b64encode, hkdf
+from .module_support import note_missing_lib
+
+# Guarded: without the library, modules fail with missing_required_lib (module_support.require_libs).
+try:
+    from cryptography.hazmat.primitives.asymmetric import mlkem
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+except ImportError:
+    note_missing_lib("cryptography")
 
 X25519_TYPE = "X25519"
 PQ_TYPE = "mlkem768x25519"

@@ -152,7 +152,8 @@ class _Session:
 
     def send(self, stanzas: Sequence[Stanza]) -> None:
         """Write stanzas to the plugin (phase 1 in one write, or one reply)."""
-        assert self.proc.stdin is not None
+        if self.proc.stdin is None:
+            raise AssertionError("internal error: self.proc.stdin is not None does not hold")
         try:
             self.proc.stdin.write(b"".join(s.encode() for s in stanzas))
             self.proc.stdin.flush()
@@ -213,7 +214,7 @@ def wrap_file_keys(
     phase1 = [Stanza("add-recipient", (recipient,))]
     phase1 += [Stanza("wrap-file-key", (), key) for key in file_keys]
     session.send([*phase1, Stanza("extension-labels"), Stanza("done")])
-    out: list[list[Stanza]] = [[] for _ in file_keys]
+    out: list[list[Stanza]] = [[] for _unused in file_keys]
     errors: list[str] = []
     while True:
         cmd = session.read()
@@ -273,4 +274,3 @@ def unwrap_file_keys(
             session.send([ui.answer(name, cmd)])
     session.close()
     return keys
-

@@ -119,7 +119,7 @@ def ensure_in_every_rule(config: SopsConfig, name: str | None = None) -> bool:
         return False
     changed = False
     # Edits shift lines and indexes stay: recompute what is missing after each one.
-    for _ in range(100_000):
+    for _unused in range(100_000):
         missing = uncovered(config, name)
         if not missing:
             return changed

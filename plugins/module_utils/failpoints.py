@@ -34,8 +34,8 @@ def _load() -> dict[str, tuple[int, str]]:
     if _plan is None:
         _plan = {}
         for item in filter(None, (s.strip() for s in os.environ.get(ENV, "").split(","))):
-            point, _, action = item.partition(":")
-            name, _, nth = point.partition("#")
+            point, _unused, action = item.partition(":")
+            name, _unused, nth = point.partition("#")
             _plan[name] = (int(nth) if nth.isdigit() else 1, action or "kill")
     return _plan
 

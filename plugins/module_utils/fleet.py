@@ -384,8 +384,8 @@ def _prefetch(kr: Any, jobs: list[Job]) -> None:
     Only needed for plugins: a YubiKey is asked once for the whole run instead
     of once per file; the forked workers find the results in the caches.
     """
-    wants_plugin = [j for j in jobs if j.groups and any(recipient_kind(r).startswith("plugin:")
-                                                         for g in j.groups for r in g)]
+    wants_plugin = [j for j in jobs
+                    if j.groups and any(recipient_kind(r).startswith("plugin:") for g in j.groups for r in g)]
     if not getattr(kr, "_plugins", None) and not wants_plugin:
         return
     opened: dict[Any, bytes] = {}
@@ -422,7 +422,7 @@ class Staged:
         return [p for r in self.results.values() for p in r.get("staged", [])]
 
     def discard(self) -> None:
-        discard_staged([tmp for tmp, _ in self.pairs])
+        discard_staged([tmp for tmp, _unused in self.pairs])
 
 
 def run_jobs(jobs: list[Job], identities: tuple[str, ...] | None, check_mode: bool,
@@ -458,16 +458,16 @@ def publish(repo: str, what: str, pairs: list[tuple[str, str]], record: bool = T
     if not pairs:
         return
     root = os.path.realpath(repo) + os.sep
-    outside = [target for _, target in pairs if not os.path.realpath(target).startswith(root)]
+    outside = [target for _unused, target in pairs if not os.path.realpath(target).startswith(root)]
     if outside:
-        discard_staged([tmp for tmp, _ in pairs])
+        discard_staged([tmp for tmp, _unused in pairs])
         raise FleetError(f"{what} refused: {outside[0]} is outside the repository {repo} (a symlink in the "
                          "repository leads there); nothing was written. Replace the link with the file itself.")
     try:
         if record:
-            vcs.record_pending(repo, [target for _, target in pairs])
+            vcs.record_pending(repo, [target for _unused, target in pairs])
     except BaseException:
-        discard_staged([tmp for tmp, _ in pairs])
+        discard_staged([tmp for tmp, _unused in pairs])
         raise
     try:
         commit_all(pairs)
@@ -731,7 +731,7 @@ def collect_identities(
     if not identity_files and not age_keys:
         if not source:
             return None
-        found, _ = engine.find_identities(warn=skip)
+        found, _unused = engine.find_identities(warn=skip)
         try:
             return unlock_all(found, source, "a passphrase-protected identity found like sops", skip)
         except AgeKeyError as exc:
@@ -751,11 +751,14 @@ def collect_identities(
             out.extend(unlock_all(found, source, path, skip))
         except AgeKeyError as exc:
             raise FleetError(str(exc) if path in str(exc) else f"{path}: {exc}") from None
-    for i, key in enumerate(age_keys):
-        try:
-            out.append(validate_identity(key, kinds=None))
-        except ValueError as exc:
-            raise FleetError(f"age_keys[{i}]: {exc}") from None
+    for i, text in enumerate(age_keys):
+        # One identity, or a key file's text as community.sops's age_key and SOPS_AGE_KEY take it.
+        keys = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        for key in keys or [text]:
+            try:
+                out.append(validate_identity(key, kinds=None))
+            except ValueError as exc:
+                raise FleetError(f"age_keys[{i}]: {exc}") from None
     return out
 
 

@@ -313,7 +313,7 @@ def commit_all(pairs: list[tuple[str, str]], sync: bool = True) -> None:
     if not pairs:
         return
     if sync:
-        sync_staged([tmp for tmp, _ in pairs])
+        sync_staged([tmp for tmp, _unused in pairs])
     backups: list[tuple[str, str | None]] = []
     done = 0
     try:
@@ -329,16 +329,16 @@ def commit_all(pairs: list[tuple[str, str]], sync: bool = True) -> None:
     except OSError as exc:
         undone = _undo(backups[:done])
         # Backups put back are gone; the others are old copies nothing refers to.
-        discard_staged([tmp for tmp, _ in pairs[done:]] + [b for _, b in backups if b])
+        discard_staged([tmp for tmp, _unused in pairs[done:]] + [b for _unused, b in backups if b])
         if undone is not None:
             raise PartialCommitError(
                 f"{exc.filename or ''}: {exc.strerror}; renaming new files into place stopped and could not be "
                 f"undone ({undone}): {done} files are new, {len(pairs) - done} as they were; every file is whole. "
-                "Fix the cause and run again", [t for _, t in pairs[:done]], [t for _, t in pairs[done:]]) from None
+                "Fix the cause and run again", [t for _k, t in pairs[:done]], [t for _k, t in pairs[done:]]) from None
         raise _named(exc, pairs[done][1] if done < len(pairs) else "") from None
-    for d in {os.path.dirname(t) for _, t in pairs}:
+    for d in {os.path.dirname(t) for _unused, t in pairs}:
         fsync_dir(d)
-    discard_staged([b for _, b in backups if b])
+    discard_staged([b for _unused, b in backups if b])
 
 
 def _undo(renamed: list[tuple[str, str | None]]) -> str | None:
@@ -631,7 +631,7 @@ def _playbook_process() -> tuple[int, str]:
     gone, the directory is stale.
     """
     pid, found = os.getppid(), (os.getppid(), _start_time(os.getppid()))
-    for _ in range(64):
+    for _unused in range(64):
         if pid <= 1:
             break
         try:

@@ -60,7 +60,7 @@ class FileExposure:
 
 
 def _git(repo: str, *args: str, data: bytes | None = None) -> bytes:
-    proc = subprocess.run(["git", "-C", repo, *args], input=data, capture_output=True)
+    proc = subprocess.run(["git", "-C", repo, *args], input=data, capture_output=True, check=False)
     if proc.returncode != 0:
         detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
         raise HistoryError(f"{repo}: git {args[0]} failed: {detail[-1] if detail else proc.returncode}")
@@ -78,7 +78,7 @@ def events(repo: str) -> list[Event]:
     while i < len(fields):
         item = fields[i]
         if b"\x01" in item:
-            commit, _, ts = item.split(b"\x01", 1)[1].strip().partition(b" ")
+            commit, _unused, ts = item.split(b"\x01", 1)[1].strip().partition(b" ")
             commit, when = commit.decode(), int(ts or 0)
             i += 1
             continue

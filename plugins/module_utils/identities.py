@@ -23,7 +23,8 @@ from .age import (
 from .agefile import INTRO, armor, is_armored
 from .ageplugin import SecretSource
 
-Warn = Callable[[str], None] | None
+# pylint cannot see that typing aliases support | (Python 3.10+).
+Warn = Callable[[str], None] | None  # pylint: disable=unsupported-binary-operation
 _PEM = "-----BEGIN"
 PASSPHRASE_HINT = "give its passphrase with identity_passphrase or identity_passphrase_command"
 

@@ -14,8 +14,6 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import yaml
-
 from .age import parse_ssh_public_key, validate_recipient
 from .errors import NixfleetError
 from .fsutil import UnsafePathError, atomic_write, make_dirs, read_regular, remove_made_dirs
@@ -27,10 +25,20 @@ HEADER = (
     "# Key inventory kept by nixfleet.sops: which keys it created and when.\n"
     "# Public data only. The audit compares `created` with the key-age policy.\n"
 )
+from .module_support import note_missing_lib
+
+# Guarded: without the library, modules fail with missing_required_lib (module_support.require_libs).
+try:
+    import yaml
+except ImportError:
+    HAS_PYYAML = False
+    note_missing_lib("PyYAML")
+else:
+    HAS_PYYAML = True
 
 
 MAX_BYTES = 64 << 20
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader) if HAS_PYYAML else None
 
 
 class InventoryError(NixfleetError, ValueError):

@@ -90,7 +90,7 @@ def _write_together(path: str, writes: list[tuple[str, bytes, int]], check_mode:
                            resolve_write_target(target)))
         commit_all(staged)
     except BaseException:
-        discard_staged([tmp for tmp, _ in staged])
+        discard_staged([tmp for tmp, _unused in staged])
         remove_made_dirs(made)
         raise
 

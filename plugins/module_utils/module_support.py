@@ -9,12 +9,32 @@ None of the collection's errors contain key material, so messages can be shown.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .errors import NixfleetError
 
 T = TypeVar("T")
+
+# Third-party libraries (their PyPI names) that module_utils could not import, with the traceback. The imports
+# are guarded so that a module without them says which library to install (missing_required_lib) instead of
+# ending in "No module named ...".
+MISSING_LIBS: dict[str, str] = {}
+
+
+def note_missing_lib(name: str) -> None:
+    """Record, from an ``except ImportError:`` block, that the library ``name`` (PyPI name) is not installed."""
+    MISSING_LIBS.setdefault(name, traceback.format_exc())
+
+
+def require_libs(module: Any) -> None:
+    """Fail the module with Ansible's missing_required_lib message when a library the collection needs is missing."""
+    if MISSING_LIBS:
+        from ansible.module_utils.basic import missing_required_lib
+
+        name, trace = next(iter(MISSING_LIBS.items()))
+        module.fail_json(msg=missing_required_lib(name), exception=trace)
 
 
 def one_line(exc: BaseException) -> str:
@@ -64,6 +84,7 @@ def run_guarded(module: Any, work: Callable[[], T], prefix: str | None = None, *
         module.fail_json(msg=msg, **extra)
 
     hide_key_material(module)
+    require_libs(module)
     try:
         return work()
     except KeyboardInterrupt:
@@ -115,13 +136,14 @@ def exit_fleet_op(module: Any, res: Any, what: str, repo: str, continue_on_error
 
 # The argument spec behind the nixfleet.sops.identities doc fragment.
 IDENTITY_ARGS: dict[str, dict[str, Any]] = {
-    "identity_files": {"type": "list", "elements": "path", "default": []},
-    "age_keys": {"type": "list", "elements": "str", "default": [], "no_log": True},
+    # The aliases are community.sops's names for the same things.
+    "identity_files": {"type": "list", "elements": "path", "default": [], "aliases": ["age_keyfile"]},
+    "age_keys": {"type": "list", "elements": "str", "default": [], "no_log": True, "aliases": ["age_key"]},
     "identity_passphrase": {"type": "str", "no_log": True},
     # A command line is not a secret; saying so stops Ansible warning about a "pass…" option name.
     "identity_passphrase_command": {"type": "str", "no_log": False},
     "age_plugin_secret": {"type": "str", "no_log": True},
-    "age_plugin_secret_command": {"type": "str"},
+    "age_plugin_secret_command": {"type": "str", "no_log": False},
 }
 
 

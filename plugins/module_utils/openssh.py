@@ -103,7 +103,7 @@ def ed25519_key_of_blob(blob: bytes) -> bytes:
     keytype, off = read_string(blob, 0)
     if keytype != ED25519.encode():
         raise MalformedKeyError("not an ssh-ed25519 key blob")
-    key, _ = read_string(blob, off)
+    key, _unused = read_string(blob, off)
     if len(key) != 32:
         raise MalformedKeyError(f"an ed25519 public key is 32 bytes, this one has {len(key)}")
     return key
@@ -131,7 +131,7 @@ def parse_public_key(text: str) -> PublicKey:
                 blob = base64.b64decode(tokens[i + 1], validate=True)
             except (binascii.Error, ValueError):
                 raise AgeKeyError(f"the {token} key's base64 data is invalid") from None
-            inner, _ = read_string(blob, 0)
+            inner, _unused = read_string(blob, 0)
             if inner.decode("ascii", "replace") != token:
                 raise AgeKeyError(f"key data says {inner.decode('ascii', 'replace')!r} but the line says {token!r}")
             return PublicKey(token, blob, " ".join(tokens[i + 2 :]))
@@ -221,14 +221,16 @@ def parse_private_key(data: str | bytes) -> PrivateKey:
         raise AgeKeyError("this is an SSH public key, a private key was expected")
     label, der = _pem_block(text)
     if label == _OPENSSH_LABEL:
-        assert der is not None
+        if der is None:
+            raise AssertionError("internal error: der is not None does not hold")
         return _parse_openssh(der)
     if label in _LEGACY_PEM:
         raise AgeKeyError(f"{_LEGACY_PEM[label]} private key: {ED25519_ONLY}")
     if label == "ENCRYPTED PRIVATE KEY":
         return PrivateKey("", True, "", container="pkcs8")
     if label == "PRIVATE KEY":
-        assert der is not None
+        if der is None:
+            raise AssertionError("internal error: der is not None does not hold")
         return PrivateKey(ED25519, False, "", seed=_pkcs8_ed25519_seed(der), container="pkcs8")
     raise AgeKeyError(f"not an SSH private key (a PEM block of type {label!r})")
 
@@ -249,7 +251,7 @@ def _parse_openssh(blob: bytes) -> PrivateKey:
     public_line = f"{keytype} {base64.b64encode(pub_blob).decode('ascii')}"
     if cipher != b"none":
         return PrivateKey(keytype, True, public_line)
-    private, _ = read_string(blob, off)
+    private, _unused = read_string(blob, off)
     if len(private) < 8 or private[:4] != private[4:8]:
         raise MalformedKeyError("the private section is corrupt (its check integers differ)")
     inner_type, p = read_string(private, 8)
@@ -285,17 +287,17 @@ def _der(blob: bytes, offset: int, tag: int) -> tuple[bytes, int]:
 
 def _pkcs8_ed25519_seed(der: bytes) -> bytes:
     """The seed of a PKCS#8 ed25519 key (RFC 8410); other algorithms are refused by name."""
-    info, _ = _der(der, 0, 0x30)
+    info, _unused = _der(der, 0, 0x30)
     _version, off = _der(info, 0, 0x02)
     algorithm, off = _der(info, off, 0x30)
-    oid, _ = _der(algorithm, 0, 0x06)
+    oid, _unused = _der(algorithm, 0, 0x06)
     kind = _PKCS8_ALGORITHMS.get(oid)
     if kind is None:
         raise AgeKeyError(f"unsupported SSH private key type: {ED25519_ONLY}")
     if kind != "ed25519":
         raise AgeKeyError(f"{kind} private key: {ED25519_ONLY}")
-    wrapped, _ = _der(info, off, 0x04)
-    seed, _ = _der(wrapped, 0, 0x04)
+    wrapped, _unused = _der(info, off, 0x04)
+    seed, _unused = _der(wrapped, 0, 0x04)
     if len(seed) != 32:
         raise MalformedKeyError("the PKCS#8 ed25519 key does not hold a 32-byte seed")
     return seed

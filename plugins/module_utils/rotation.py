@@ -41,8 +41,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import yaml
-
 from . import age, failpoints, fleet, keyinventory, sshkeys, vcs
 from . import sops as engine
 from .bootstrap import (
@@ -61,7 +59,17 @@ from .bootstrap import (
 from .changeset import Changeset
 from .errors import NixfleetError
 from .keypairs import would_generate
+from .module_support import note_missing_lib
 from .sops_config import SopsConfig
+
+# Guarded: without the library, modules fail with missing_required_lib (module_support.require_libs).
+try:
+    import yaml
+except ImportError:
+    HAS_PYYAML = False
+    note_missing_lib("PyYAML")
+else:
+    HAS_PYYAML = True
 
 KINDS = ("host", "user", "deploy")
 JOURNAL_DIR = ".nixfleet/rotations"
@@ -70,7 +78,7 @@ NEXT_ANCHOR = "_next"
 MAX_JOURNAL_BYTES = 1 << 20
 HEADER = ("# Key rotation in progress (nixfleet.sops playbooks/rotate_keys.yml). Public data only.\n"
           "# Re-run the rotation to continue it, or roll it back with -e nixfleet_rotate_abort=true.\n")
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader) if HAS_PYYAML else None
 
 
 class RotationError(NixfleetError, ValueError):
@@ -545,7 +553,8 @@ def verify(repo: str, host: str, identities: Any = None, secrets: list[dict[str,
             continue
         identity = (age.ssh_private_key_to_identity(keys.host.private_pem) if kind == "host" and keys.host
                     else keys.user)
-        assert identity is not None
+        if identity is None:
+            raise AssertionError("internal error: identity is not None does not hold")
         reader = j.old[kind] if j.state == PHASE1 else j.new[kind]
         wanted: dict[str, list[list[str]]] = {fp.path: [] for fp in plan.select(recipient=reader)}
         for path, keypaths in (_repo_files(repo, manifest) if kind == "host" else {}).items():

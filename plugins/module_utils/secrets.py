@@ -294,7 +294,7 @@ def ensure_secrets(
     created = not os.path.exists(path)
     if created:
         if state == "absent":
-            return [SecretChange(path=path, key=kp, state=state) for kp, _ in items]
+            return [SecretChange(path=path, key=kp, state=state) for kp, _unused in items]
         if not create:
             raise engine.SopsError("file not found (set create=true to create it for its .sops.yaml rule)", path)
         sf = new_file_for_rule(path, config)

@@ -264,7 +264,8 @@ def _write_new(walk: _Walk, name: str, spec: Spec, old: os.stat_result | None) -
 
     Without an owner (group) in ``spec``, the replaced file's is kept, as ansible.builtin.copy does.
     """
-    assert spec.content is not None
+    if spec.content is None:
+        raise AssertionError("internal error: spec.content is not None does not hold")
     uid = spec.owner if spec.owner is not None else (old.st_uid if old is not None else -1)
     gid = spec.group if spec.group is not None else (old.st_gid if old is not None else -1)
     tmp = f".{name}{TEMP_MARKER}{secrets.token_hex(6)}.tmp"

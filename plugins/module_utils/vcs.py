@@ -34,7 +34,8 @@ class VcsError(NixfleetError, RuntimeError):
 def _default_runner(cmd: Sequence[str], cwd: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.setdefault("GIT_TERMINAL_PROMPT", "0")
-    return subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    return subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, check=False)
 
 
 @dataclass

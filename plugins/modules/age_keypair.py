@@ -16,6 +16,8 @@ description:
     ssh-to-age conversion, as sops-nix does for C(/var/lib/sops-nix/key.txt).
   - The file is written atomically with mode C(0600); a parent directory the module creates gets C(0700).
   - The identity is never returned, logged or shown in a diff.
+requirements:
+  - cryptography >= 42
 options:
   path:
     description: Path of the identity file.
@@ -55,7 +57,13 @@ attributes:
   idempotent:
     support: full
     description: Idempotent unless O(regenerate=always).
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.ssh_keypair
+  - module: nixfleet.sops.sops_host_keys
+  - name: age
+    description: The age file encryption tool and its key format.
+    link: https://age-encryption.org/v1
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: sops_access
 short_description: Keep .sops.yaml in step with the inventory's secret categories; rekey and rotate what changed
-version_added: "0.2.0"
+version_added: "0.1.0"
 description:
   - Computes from a declarative model (secret categories, inventory groups, per-host additions and removals)
     the recipients every managed creation rule should have, and reconciles C(.sops.yaml) with it.
@@ -24,6 +24,13 @@ description:
     the removal of a managed rule (its category left the inventory) that would leave sops files without any
     rule.
   - The caller commits RV(changed_files) once (playbooks/access.yml does, with M(nixfleet.sops.vcs_commit)).
+requirements:
+  - cryptography >= 42
+  - pyrage >= 1.2
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
+  - PyYAML
+  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository (the directory holding C(.sops.yaml)).
@@ -97,7 +104,11 @@ attributes:
   idempotent:
     support: full
     description: A second run finds every managed rule and file in step and changes nothing.
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.sops_recipient
+  - module: nixfleet.sops.sops_creation_rule
+  - module: nixfleet.sops.sops_rekey
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""

@@ -22,11 +22,19 @@ description:
   - Optionally writes a JSON report (O(report_json)) and a self-contained HTML report (O(report_path)) for a fleet,
     with hosts grouped by inventory group (O(host_groups)), counts per group and severity, a filter, key ages
     from the key inventory and every finding linked to its host or file.
+requirements:
+  - cryptography >= 42
+  - pyrage >= 1.2
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
+  - PyYAML
+  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository (the directory holding C(.sops.yaml)).
     type: path
     required: true
+    aliases: [secrets_repo]
   hosts:
     description: Inventory host names that should each have an anchor (enables the host-without-key check).
     type: list
@@ -77,10 +85,15 @@ attributes:
       would be.
   diff_mode:
     support: none
+    description: Nothing is changed; the findings are the result.
   idempotent:
     support: full
     description: Read-only, apart from the reports, which are rewritten only when their content changes.
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.sops_key_inventory
+  - module: nixfleet.sops.sops_access
+  - module: nixfleet.sops.sops_rotate_keys
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""
@@ -147,10 +160,10 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.module_support impor
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            repo=dict(type="path", required=True),
+            repo=dict(type="path", required=True, aliases=["secrets_repo"]),
             hosts=dict(type="list", elements="str", default=[]),
             max_age_days=dict(type="dict", default={}),
-            secrets_dirs=dict(type="list", elements="str", default=["sops"]),
+            secrets_dirs=dict(type="list", elements="str", default=["sops"], no_log=False),
             break_glass_anchor=dict(type="str"),
             drill_max_age_days=dict(type="int", default=365),
             host_groups=dict(type="dict", default={}),

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: sops_break_glass
 short_description: Break-glass recovery key - generate on paper, register, drill, recover
-version_added: "0.2.0"
+version_added: "0.1.0"
 description:
   - One offline age key that opens every sops file of the fleet, kept on paper (or as SLIP-39 shares)
     and nowhere else. O(action) picks the step; C(playbooks/break_glass.yml) runs them by tag.
@@ -30,6 +30,15 @@ description:
     registers a new admin key as O(admin_anchor) in every rule and rekeys every file to it. The new key
     is generated into O(admin_key_file) (0600, never shown) unless that file exists (then its key is used)
     or O(admin_recipient) is given.
+requirements:
+  - cryptography >= 42
+  - pyrage >= 1.2
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
+  - PyYAML
+  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
+  - segno >= 1.5 (paper backup)
+  - shamir-mnemonic >= 0.3 (shares)
 options:
   action:
     description: The step to run.
@@ -118,7 +127,10 @@ attributes:
   idempotent:
     support: full
     description: A second run finds the pages, the anchor, the rules and the files in step and changes nothing.
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.sops_recipient
+  - module: nixfleet.sops.sops_rekey
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""

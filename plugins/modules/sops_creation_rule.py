@@ -15,11 +15,17 @@ description:
     (plain C(age:) list or C(key_groups:), indentation, quoting).
   - Edits are surgical; comments, blank lines, key order, quoting and other rule fields such as
     C(encrypted_regex) or C(pgp) are kept. Files encrypted before the change are not rekeyed.
+requirements:
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
 options:
-  path:
-    description: Path of the C(.sops.yaml) to edit.
+  config:
+    description:
+      - Path of the C(.sops.yaml) to edit.
+      - C(path) is the name of earlier versions; C(config_path) is community.sops's name for it.
     type: path
     required: true
+    aliases: [path, config_path]
   path_regex:
     description:
       - The rule's C(path_regex), exactly as written in the file; it identifies the rule.
@@ -74,27 +80,33 @@ attributes:
   diff_mode:
     support: full
     description: Returns the whole C(.sops.yaml) before and after (it holds only public keys).
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.sops_recipient
+  - module: nixfleet.sops.sops_rekey
+  - name: sops creation rules
+    description: How sops picks the recipients of a new file.
+    link: https://github.com/getsops/sops#using-sops-yaml-conf-to-select-kms-pgp-and-age-for-new-files
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""
 - name: Secrets of griefling are readable by the admin, its user key and its host key
   nixfleet.sops.sops_creation_rule:
-    path: "{{ nix_secrets_dir }}/.sops.yaml"
+    config: "{{ nix_secrets_dir }}/.sops.yaml"
     path_regex: 'sops/griefling\.yaml$'
     anchors: [ta, ta_griefling, griefling]
     exclusive: true
 
 - name: Vault secrets need two of three key groups
   nixfleet.sops.sops_creation_rule:
-    path: "{{ nix_secrets_dir }}/.sops.yaml"
+    config: "{{ nix_secrets_dir }}/.sops.yaml"
     path_regex: 'secrets/vault/.*\.yaml$'
     key_groups: [[alice, bob], [vault], [break-glass]]
     shamir_threshold: 2
 
 - name: Drop the rule of a decommissioned host
   nixfleet.sops.sops_creation_rule:
-    path: "{{ nix_secrets_dir }}/.sops.yaml"
+    config: "{{ nix_secrets_dir }}/.sops.yaml"
     path_regex: 'sops/ghost\.yaml$'
     state: absent
 """
@@ -144,11 +156,11 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import S
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "path": {"type": "path", "required": True},
+            "config": {"type": "path", "required": True, "aliases": ["path", "config_path"]},
             "path_regex": {"type": "str", "required": True},
             "anchors": {"type": "list", "elements": "str", "default": []},
             "exclusive": {"type": "bool", "default": False},
-            "key_groups": {"type": "list", "elements": "list"},
+            "key_groups": {"type": "list", "elements": "list", "no_log": False},  # anchor names
             "shamir_threshold": {"type": "int"},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             "create": {"type": "bool", "default": False},
@@ -158,7 +170,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    path = p["path"]
+    path = p["config"]
 
     def work():
         config = SopsConfig.load(path, missing_ok=p["create"] and p["state"] == "present")

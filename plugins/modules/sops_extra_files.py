@@ -24,11 +24,19 @@ description:
     fails; after a Ctrl-C or a kill, the next run does).
   - Reports C(changed=false) - it fills a scratch directory and changes nothing the user manages.
   - Returns paths and modes only; file contents are never returned or shown.
+requirements:
+  - cryptography >= 42
+  - pyrage >= 1.2
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
+  - PyYAML
+  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository.
     type: path
     required: true
+    aliases: [secrets_repo]
   host:
     description: The host (a DNS label).
     type: str
@@ -76,7 +84,11 @@ attributes:
     description: Staging only writes into a private temporary directory; it does not run in check mode.
   diff_mode:
     support: none
-author: nixfleet maintainers
+    description: The staged files hold private keys; no diff of them is shown.
+seealso:
+  - module: nixfleet.sops.sops_host_keys
+  - module: nixfleet.sops.target_file
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""
@@ -133,7 +145,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.module_support impor
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            repo=dict(type="path", required=True),
+            repo=dict(type="path", required=True, aliases=["secrets_repo"]),
             host=dict(type="str", required=True),
             user=dict(type="str", required=True),
             dest=dict(type="path"),

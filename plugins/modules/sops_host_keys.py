@@ -19,11 +19,19 @@ description:
     rule changed; records the keys in the key inventory. Returns the touched paths for one commit.
   - A host name that is not a DNS label (for example C(../x), C(a b), C(*)) is refused before anything is written.
   - Returns public keys and recipients only; private keys never leave the encrypted files.
+requirements:
+  - cryptography >= 42
+  - pyrage >= 1.2
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
+  - PyYAML
+  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository (the directory holding C(.sops.yaml)).
     type: path
     required: true
+    aliases: [secrets_repo]
   host:
     description: The host's name (a DNS label); it becomes the anchor C(&<host>) and C(sops/<host>.yaml).
     type: str
@@ -84,9 +92,10 @@ options:
         are bootstrapped in one run.
     type: bool
     default: false
-  vcs_bookmark:
-    description: jj bookmark to move to the commit.
+  bookmark:
+    description: jj bookmark to move to the commit (for git, ignored).
     type: str
+    aliases: [vcs_bookmark]
 extends_documentation_fragment:
   - nixfleet.sops.identities
 attributes:
@@ -99,7 +108,12 @@ attributes:
   idempotent:
     support: full
     description: A second run reuses every key and changes nothing (unless O(regenerate) is given).
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.age_keypair
+  - module: nixfleet.sops.ssh_keypair
+  - module: nixfleet.sops.sops_recipient
+  - module: nixfleet.sops.sops_rekey
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""
@@ -172,7 +186,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.module_support impor
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            repo=dict(type="path", required=True),
+            repo=dict(type="path", required=True, aliases=["secrets_repo"]),
             host=dict(type="str", required=True),
             user=dict(type="str", required=True),
             admins=dict(type="list", elements="str", required=True),
@@ -186,7 +200,7 @@ def main() -> None:
             lock_timeout=dict(type="int", default=600),
             **IDENTITY_ARGS,
             commit=dict(type="bool", default=False),
-            vcs_bookmark=dict(type="str"),
+            bookmark=dict(type="str", aliases=["vcs_bookmark"]),
         ),
         supports_check_mode=True,
     )
@@ -209,7 +223,7 @@ def main() -> None:
                 n = len(res.rekeyed)
                 message = f"chore(sops): register {spec.host} keys" + (
                     f" and rekey {n} file{'' if n == 1 else 's'}" if n else "")
-                done = vcs.commit(p["repo"], res.touched, message, bookmark=p["vcs_bookmark"] or None,
+                done = vcs.commit(p["repo"], res.touched, message, bookmark=p["bookmark"] or None,
                                   check_mode=module.check_mode)
             return res, done
 

@@ -13,11 +13,16 @@ description:
   - The audit (M(nixfleet.sops.sops_audit)) compares the dates with a policy of maximum ages.
   - Public data only. Recording the same key again changes nothing; a new recipient for a known
     anchor resets its date.
+requirements:
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
+  - PyYAML
 options:
   repo:
     description: The secrets repository.
     type: path
     required: true
+    aliases: [secrets_repo]
   anchor:
     description: The key's anchor in C(.sops.yaml) (for deploy keys, C(<host>-<repo>)).
     type: str
@@ -49,10 +54,14 @@ attributes:
     description: Reports the same C(changed) and writes nothing.
   diff_mode:
     support: none
+    description: The inventory entry is returned; no diff is shown.
   idempotent:
     support: full
     description: Recording the same key twice changes nothing.
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.sops_audit
+  - module: nixfleet.sops.sops_rotate_keys
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""
@@ -83,7 +92,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.module_support impor
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            repo=dict(type="path", required=True),
+            repo=dict(type="path", required=True, aliases=["secrets_repo"]),
             anchor=dict(type="str", required=True),
             kind=dict(type="str", choices=["host", "user", "deploy", "break-glass", "admin"]),
             recipient=dict(type="str"),
@@ -106,6 +115,7 @@ def main() -> None:
 
     changed = run_guarded(module, work, prefix=inventory_file(p["repo"]))
     module.exit_json(changed=changed, path=inventory_file(p["repo"]))
+
 
 if __name__ == "__main__":
     main()

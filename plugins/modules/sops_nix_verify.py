@@ -74,15 +74,16 @@ options:
   sops_files:
     description:
       - sops files that must list one of the host's recipients. Nix store paths (as a manifest's C(sopsFile)
-        names them) are mapped into O(secrets_repo).
+        names them) are mapped into O(repo).
       - A raw C(ssh-ed25519) recipient for the host is reported as a fault of its own, since sops-nix needs
         the converted C(age1…) recipient.
     type: list
     elements: path
     default: []
-  secrets_repo:
+  repo:
     description: Local checkout of the secrets repository the O(sops_files) store paths are mapped into.
     type: path
+    aliases: [secrets_repo]
   recipients:
     description:
       - The host's recipients to look for in O(sops_files), in addition to those found on the machine the
@@ -113,6 +114,7 @@ attributes:
     description: The module only reads, so it runs fully in check mode.
   diff_mode:
     support: none
+    description: Only checks; nothing is changed.
   idempotent:
     support: full
     description: Never changes anything; always returns C(changed=false).
@@ -121,13 +123,13 @@ notes:
   - The host's files are treated as hostile input - only regular files are read (a FIFO, socket or device in place
     of a key, a manifest or a configuration file is a fault, never waited on), and at most what the kind of file can
     hold (64 KiB for a key file, 8 MiB for a manifest, 4 MiB for other files).
-  - With O(secrets_repo), a C(sopsFile) that leads out of the repository (C(..), or a symlink inside it pointing
+  - With O(repo), a C(sopsFile) that leads out of the repository (C(..), or a symlink inside it pointing
     out) is a fault; no file outside the repository is read.
 seealso:
   - name: sops-nix
     description: The NixOS module whose activation this checks.
     link: https://github.com/Mic92/sops-nix
-author: nixfleet maintainers
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""
@@ -149,7 +151,7 @@ EXAMPLES = r"""
     host: "{{ inventory_hostname }}"
     scope: controller
     sops_files: "{{ sops_nix.sops_files }}"
-    secrets_repo: "{{ playbook_dir }}/../nix-secrets"
+    repo: "{{ playbook_dir }}/../nix-secrets"
     recipients: "{{ sops_nix.recipients }}"
   delegate_to: localhost
 
@@ -212,7 +214,7 @@ sops_files:
 secrets:
   description: >-
     Each secret of the manifests with its C(name), C(key) (path in the sops file), C(sopsFile) and C(format) - what
-    a key rotation checks the new key opens (M(nixfleet.sops.sops_rotate_keys) O(phase=verify)). Never a value.
+    a key rotation checks the new key opens (O(nixfleet.sops.sops_rotate_keys#module:phase=verify)). Never a value.
   returned: always
   type: list
   elements: dict
@@ -237,18 +239,19 @@ def main() -> None:
             host=dict(type="str"),
             manifest=dict(type="list", elements="path", default=[]),
             expected_recipients=dict(type="list", elements="str", default=[]),
-            user_key=dict(type="dict", options=dict(
+            # Paths and owners of key files, not the keys themselves.
+            user_key=dict(type="dict", no_log=False, options=dict(
                 path=dict(type="path", required=True),
                 owner=dict(type="str", required=True),
                 expected_recipient=dict(type="str"),
             )),
-            deploy_keys=dict(type="list", elements="dict", default=[], options=dict(
+            deploy_keys=dict(type="list", elements="dict", default=[], no_log=False, options=dict(
                 path=dict(type="path", required=True),
                 alias=dict(type="str"),
             )),
             ssh_config=dict(type="path", default="/root/.ssh/config"),
             sops_files=dict(type="list", elements="path", default=[]),
-            secrets_repo=dict(type="path"),
+            repo=dict(type="path", aliases=["secrets_repo"]),
             recipients=dict(type="list", elements="str", default=[]),
             scope=dict(type="str", choices=["target", "controller"], default="target"),
             root=dict(type="path", default="/"),
@@ -261,7 +264,7 @@ def main() -> None:
         result = verify(
             root=p["root"], host=p["host"], manifests=p["manifest"], expected_recipients=p["expected_recipients"],
             user_key=p["user_key"], deploy_keys=p["deploy_keys"], ssh_config=p["ssh_config"],
-            sops_files=p["sops_files"], secrets_repo=p["secrets_repo"], recipients=p["recipients"], scope=p["scope"],
+            sops_files=p["sops_files"], secrets_repo=p["repo"], recipients=p["recipients"], scope=p["scope"],
         )
     except Exception as exc:  # a bug in a check must still name the host, not dump a trace
         module.fail_json(msg=f"{p['host'] or 'host'}: sops_nix_verify could not complete: {exc}")

@@ -18,11 +18,17 @@ description:
     indentation are kept. Files encrypted before the change are not rekeyed; run the rekey playbook.
   - Supports every C(keys:) layout in use, a mapping of groups (C(hosts:), C(users:)), a list of
     anchored group lists (C(- &hosts:)), or a flat list.
+requirements:
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
 options:
-  path:
-    description: Path of the C(.sops.yaml) to edit.
+  config:
+    description:
+      - Path of the C(.sops.yaml) to edit.
+      - C(path) is the name of earlier versions; C(config_path) is community.sops's name for it.
     type: path
     required: true
+    aliases: [path, config_path]
   name:
     description:
       - Anchor name, for example the host name or C(<user>_<host>).
@@ -68,13 +74,16 @@ attributes:
   diff_mode:
     support: full
     description: Returns the whole C(.sops.yaml) before and after (it holds only public keys).
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.sops_creation_rule
+  - module: nixfleet.sops.sops_rekey
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""
 - name: Register the host key of griefling and share the common secrets with it
   nixfleet.sops.sops_recipient:
-    path: "{{ nix_secrets_dir }}/.sops.yaml"
+    config: "{{ nix_secrets_dir }}/.sops.yaml"
     group: hosts
     name: griefling
     recipient: "{{ griefling_age_recipient }}"
@@ -83,7 +92,7 @@ EXAMPLES = r"""
 
 - name: Revoke a host everywhere
   nixfleet.sops.sops_recipient:
-    path: "{{ nix_secrets_dir }}/.sops.yaml"
+    config: "{{ nix_secrets_dir }}/.sops.yaml"
     name: ghost
     state: absent
 """
@@ -124,7 +133,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.sops_config import S
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "path": {"type": "path", "required": True},
+            "config": {"type": "path", "required": True, "aliases": ["path", "config_path"]},
             "name": {"type": "str", "required": True, "aliases": ["anchor"]},
             "recipient": {"type": "str"},
             "group": {"type": "str"},
@@ -137,7 +146,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    path = p["path"]
+    path = p["config"]
 
     def work():
         config = SopsConfig.load(path, missing_ok=p["create"] and p["state"] == "present")

@@ -17,11 +17,18 @@ description:
     nothing is written and the error lists those files, unless O(continue_on_error=true).
   - Every write is atomic; a run killed at any moment leaves each file either old or new.
   - Holds a lock on the repository while writing; a second run fails with a message naming the holder.
+requirements:
+  - cryptography >= 42
+  - pyrage >= 1.2
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
+  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository (the directory holding C(.sops.yaml)).
     type: path
     required: true
+    aliases: [secrets_repo]
   include:
     description: Only consider files whose path (relative to O(repo)) matches one of these regexes.
     type: list
@@ -59,7 +66,12 @@ attributes:
   idempotent:
     support: full
     description: A second run finds every file in step and changes nothing.
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.sops_recipient
+  - module: nixfleet.sops.sops_creation_rule
+  - module: nixfleet.sops.sops_rotate
+  - module: nixfleet.sops.vcs_commit
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""
@@ -143,7 +155,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.module_support impor
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            repo=dict(type="path", required=True),
+            repo=dict(type="path", required=True, aliases=["secrets_repo"]),
             include=dict(type="list", elements="str", default=[]),
             files=dict(type="list", elements="str"),
             plan_only_above=dict(type="int"),
@@ -164,6 +176,7 @@ def main() -> None:
 
     res = run_guarded(module, work)
     exit_fleet_op(module, res, "rekey", p["repo"], p["continue_on_error"])
+
 
 if __name__ == "__main__":
     main()

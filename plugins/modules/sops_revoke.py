@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: sops_revoke
 short_description: Revoke a host in the secrets repository and report everything it could ever read
-version_added: "0.2.0"
+version_added: "0.1.0"
 description:
   - Runs on the controller. Removes the host's own creation rules (C(sops/<host>.yaml), C(sops/host-keys/<host>.yaml)),
     then its anchors (C(&<host>), C(&<user>_<host>) and the C(_next) anchors of an unfinished key rotation) from every
@@ -21,6 +21,13 @@ description:
     which they could, and the deploy keys to delete at the forge. Git history keeps the old ciphertexts, which the
     host's key still opens - change those credentials at their source.
   - Returns public data only (paths, key paths, commits, public keys, recipients).
+requirements:
+  - cryptography >= 42
+  - pyrage >= 1.2
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
+  - PyYAML
+  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository (the directory holding C(.sops.yaml)).
@@ -62,7 +69,11 @@ attributes:
   idempotent:
     support: full
     description: A host already revoked has no anchor left; a second run changes nothing.
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.sops_rotate_keys
+  - module: nixfleet.sops.sops_rekey
+  - module: nixfleet.sops.sops_rotate
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""

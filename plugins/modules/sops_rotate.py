@@ -16,11 +16,18 @@ description:
     plus the removed key no longer opens the current one.
   - Plans first; if a selected file cannot be opened nothing is written, unless O(continue_on_error=true).
   - Rotation is not idempotent by nature; the module changes exactly the selected files on every run.
+requirements:
+  - cryptography >= 42
+  - pyrage >= 1.2
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
+  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository (the directory holding C(.sops.yaml)).
     type: path
     required: true
+    aliases: [secrets_repo]
   path_regex:
     description: Only files whose path relative to O(repo) matches this regex.
     type: str
@@ -63,7 +70,10 @@ attributes:
   idempotent:
     support: none
     description: Every run rotates the selected files again.
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.sops_rekey
+  - module: nixfleet.sops.sops_revoke
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""
@@ -128,7 +138,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.module_support impor
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            repo=dict(type="path", required=True),
+            repo=dict(type="path", required=True, aliases=["secrets_repo"]),
             path_regex=dict(type="str"),
             recipient=dict(type="str"),
             anchor=dict(type="str"),
@@ -153,6 +163,7 @@ def main() -> None:
 
     res = run_guarded(module, work)
     exit_fleet_op(module, res, "rotate", p["repo"], p["continue_on_error"])
+
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: sops_rotate_keys
 short_description: Rotate a host's keys in two phases, with a resumable journal in the secrets repository
-version_added: "0.2.0"
+version_added: "0.1.0"
 description:
   - Runs on the controller. The repository side of C(playbooks/rotate_keys.yml), which puts the keys on the host
     between the phases; one O(phase) per call.
@@ -28,6 +28,13 @@ description:
   - Every write holds the repository lock and is staged and renamed all at once; the paths are recorded as not yet
     committed, so the next commit takes them also after a kill. Commit once per phase (M(nixfleet.sops.vcs_commit)).
   - Returns public keys and recipients only; private keys never leave the encrypted files.
+requirements:
+  - cryptography >= 42
+  - pyrage >= 1.2
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
+  - PyYAML
+  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository (the directory holding C(.sops.yaml)).
@@ -102,7 +109,11 @@ attributes:
   idempotent:
     support: full
     description: A phase already done changes nothing; the journal says where a rotation stands.
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.sops_host_keys
+  - module: nixfleet.sops.sops_revoke
+  - module: nixfleet.sops.sops_key_inventory
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""
@@ -205,7 +216,7 @@ def main() -> None:
             deploy_repos=dict(type="list", elements="str", default=[]),
             max_age_days=dict(type="dict", default={}),
             forge_ready=dict(type="bool", default=False),
-            secrets=dict(type="list", elements="dict", default=[]),
+            secrets=dict(type="list", elements="dict", default=[], no_log=False),  # names and files, never values
             sops_files=dict(type="list", elements="str", default=[]),
             deployed=dict(type="dict", default={}),
             lock_timeout=dict(type="int", default=600),

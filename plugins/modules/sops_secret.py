@@ -18,6 +18,12 @@ description:
   - "Runs where the secrets repository is (the controller); use it in a play against C(localhost) or with
     C(delegate_to: localhost). All paths are on that machine."
   - Never shows a value. The diff names the key paths that change; return values and errors carry no secret.
+requirements:
+  - cryptography >= 42
+  - pyrage >= 1.2
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
+  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   path:
     description: The sops file (YAML, JSON, dotenv or INI, by extension as sops decides).
@@ -54,7 +60,9 @@ options:
       - The C(.sops.yaml) whose creation rule is used when the file is created.
       - Default is the nearest C(.sops.yaml) in the file's directory or one of its parents. (sops itself
         searches upward from its working directory; the two agree when it runs from the repository.)
+      - C(config_path) (community.sops's name) is an alias.
     type: path
+    aliases: [config_path]
   create:
     description:
       - Create the file when it does not exist, for its matching creation rule.
@@ -80,7 +88,7 @@ notes:
 seealso:
   - plugin: nixfleet.sops.secret
     plugin_type: lookup
-author: nixfleet maintainers
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""
@@ -141,7 +149,7 @@ def main() -> None:
             value=dict(type="raw", no_log=True),
             value_file=dict(type="path"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
-            config=dict(type="path"),
+            config=dict(type="path", aliases=["config_path"]),
             create=dict(type="bool", default=True),
             **IDENTITY_ARGS,
         ),

@@ -15,6 +15,8 @@ description:
   - Returns the public key and the C(age1…) recipient sops-nix derives from it (ssh-to-age).
   - An existing key of another type (RSA, ECDSA, DSA) is refused unless O(regenerate=always).
   - The private key is never returned, logged or shown in a diff.
+requirements:
+  - cryptography >= 42
 options:
   path:
     description: Path of the private key; the public key goes to C(path.pub).
@@ -51,7 +53,10 @@ attributes:
   idempotent:
     support: full
     description: Idempotent unless O(regenerate=always).
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.age_keypair
+  - module: nixfleet.sops.sops_host_keys
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""

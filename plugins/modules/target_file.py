@@ -79,6 +79,8 @@ attributes:
     description: A second run with the same arguments reports C(changed=false).
   platform:
     platforms: posix
+    support: full
+    description: POSIX hosts (file modes, owners and O_NOFOLLOW).
 notes:
   - Refused, with a message naming the path - a symlink anywhere below O(root); an existing component owned by
     someone other than the expected owner inside a directory a user controls; a FIFO, device or directory
@@ -86,7 +88,7 @@ notes:
 seealso:
   - module: ansible.builtin.copy
   - module: ansible.builtin.file
-author: nixfleet maintainers
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""

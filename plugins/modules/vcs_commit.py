@@ -19,11 +19,14 @@ description:
     user's own next commit does not sweep them in.
   - No jj binary exists on the collection's build machine, so the jj path is tested against a
     recorded command contract, not a real jj; git is tested for real.
+requirements:
+  - git, or jj for a jj repository (on the controller)
 options:
   repo:
     description: The repository (the directory holding C(.git) or C(.jj)).
     type: path
     required: true
+    aliases: [secrets_repo]
   paths:
     description:
       - Files to commit, absolute or relative to O(repo). Paths outside O(repo) are refused.
@@ -31,8 +34,11 @@ options:
     type: list
     elements: path
     default: []
-  message:
-    description: "The commit message, for example C(chore(sops): rekey 12 files for griefling)."
+  commit_message:
+    description:
+      - "The commit message, for example C(chore(sops): rekey 12 files for griefling)."
+      - Earlier versions called it C(message), a name Ansible reserves for itself; C(message) is still
+        accepted (by the module's action plugin, with a deprecation warning) and will be removed in 1.0.0.
     type: str
     required: true
   vcs:
@@ -56,10 +62,14 @@ attributes:
     description: Reports whether a commit would be made and the commands it would run; runs none that write.
   diff_mode:
     support: none
+    description: The paths committed and the commands run are returned; no diff is shown.
   idempotent:
     support: full
     description: A second run finds nothing changed and makes no commit.
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.sops_rekey
+  - module: nixfleet.sops.sops_host_keys
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""
@@ -67,7 +77,7 @@ EXAMPLES = r"""
   nixfleet.sops.vcs_commit:
     repo: "{{ secrets_repo }}"
     paths: "{{ rekey.changed_files }}"
-    message: "chore(sops): rekey {{ rekey.changed_files | length }} files for griefling"
+    commit_message: "chore(sops): rekey {{ rekey.changed_files | length }} files for griefling"
     bookmark: simple
 """
 
@@ -101,9 +111,9 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.vcs import commit
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            repo=dict(type="path", required=True),
+            repo=dict(type="path", required=True, aliases=["secrets_repo"]),
             paths=dict(type="list", elements="path", default=[]),
-            message=dict(type="str", required=True),
+            commit_message=dict(type="str", required=True),
             vcs=dict(type="str", choices=["auto", "git", "jj"], default="auto"),
             bookmark=dict(type="str"),
             push=dict(type="bool", default=False),
@@ -114,7 +124,7 @@ def main() -> None:
     p = module.params
 
     def work():
-        return commit(p["repo"], p["paths"], p["message"], vcs=p["vcs"], bookmark=p["bookmark"], push=p["push"],
+        return commit(p["repo"], p["paths"], p["commit_message"], vcs=p["vcs"], bookmark=p["bookmark"], push=p["push"],
                       remote=p["remote"], check_mode=module.check_mode)
 
     res = run_guarded(module, work)

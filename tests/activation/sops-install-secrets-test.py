@@ -92,16 +92,16 @@ def ssh_private_key_to_age(text: str) -> str:
     cipher, off = _string(blob, off)
     if cipher != b"none":
         raise ValueError("the key is encrypted")
-    _, off = _string(blob, off)  # kdf
-    _, off = _string(blob, off)  # kdf options
+    _unused, off = _string(blob, off)  # kdf
+    _unused, off = _string(blob, off)  # kdf options
     off += 4  # number of keys
-    _, off = _string(blob, off)  # public key
-    priv, _ = _string(blob, off)
+    _unused, off = _string(blob, off)  # public key
+    priv, _unused = _string(blob, off)
     keytype, p = _string(priv, 8)
     if keytype != b"ssh-ed25519":
         raise ValueError(f"only ssh-ed25519 keys are supported, this is {keytype.decode()}")
-    _, p = _string(priv, p)
-    secret, _ = _string(priv, p)
+    _unused, p = _string(priv, p)
+    secret, _unused = _string(priv, p)
     return bech32("age-secret-key-", hashlib.sha512(secret[:32]).digest()[:32]).upper()
 
 
@@ -120,7 +120,7 @@ def decrypt_file(path: str, fmt: str, key_file: str) -> bytes:
     cmd = [_sops_binary(), "decrypt", "--input-type", fmt]
     cmd += ["--output-type", "json" if fmt in ("yaml", "json") else fmt, path]
     env = dict(os.environ, SOPS_AGE_KEY_FILE=key_file, SOPS_DISABLE_VERSION_CHECK="1")
-    proc = subprocess.run(cmd, capture_output=True, env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, capture_output=True, env=env, stdin=subprocess.DEVNULL, check=False)
     if proc.returncode != 0:
         raise ActivationError(f"failed to decrypt '{path}': {proc.stderr.decode(errors='replace').strip()}")
     return proc.stdout

@@ -28,8 +28,8 @@ def _ssh_private() -> str:
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()).decode()
 
 
-@pytest.mark.parametrize("_", range(5))
-def test_ssh_to_age_matches_the_collection(_: int) -> None:
+@pytest.mark.parametrize("_unused", range(5))
+def test_ssh_to_age_matches_the_collection(_unused: int) -> None:
     private = _ssh_private()
     assert activation.ssh_private_key_to_age(private) == age.ssh_private_key_to_identity(private)
 
@@ -65,7 +65,8 @@ def host(tmp_path, sops_bin):
 
 
 def _activate(host) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, SCRIPT, host["manifest"]], env=host["env"], capture_output=True, text=True)
+    return subprocess.run([sys.executable, SCRIPT, host["manifest"]], env=host["env"],
+                          capture_output=True, text=True, check=False)
 
 
 @needs_root

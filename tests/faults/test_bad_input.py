@@ -88,6 +88,8 @@ case("sops_secret", "key_sops", ("sops", "metadata"))(lambda w: _secret(w, key="
 case("sops_secret", "key_syntax", (r"\[bad", "sops syntax"))(lambda w: _secret(w, key='["a"][bad'))
 case("sops_secret", "key_index_first", ("list index",))(lambda w: _secret(w, key=[0, "a"]))
 case("sops_secret", "key_type", ("key path", "dict"))(lambda w: _secret(w, key={"a": 1}))
+
+
 def _from_file(w: World, bad: str) -> dict[str, Any]:
     args = {k: v for k, v in _secret(w).items() if k != "value"}
     return {**args, "value_file": w.bad[bad]}
@@ -182,7 +184,7 @@ case("sops_rotate", "recipient", ("recipient", "checksum"))(
     lambda w: _fleet(w, recipient=flip(w.repo.recipient("admin"))))
 case("sops_rotate", "anchor", ("ghost", "no anchor"))(lambda w: _fleet(w, anchor="ghost"))
 _identity_cases("sops_rotate", _fleet)
-_identity_cases("sops_rekey", lambda w: _fleet(w), needs_open=False)
+_identity_cases("sops_rekey", _fleet, needs_open=False)
 case("sops_audit", "report_fifo", ("fifo", "FIFO"))(lambda w: _audit(w, report_path=w.bad["fifo"]))
 case("sops_audit", "report_json_fifo", ("fifo", "FIFO"))(lambda w: _audit(w, report_json=w.bad["fifo"]))
 case("sops_audit", "reports_one_path", ("report_json and report_path", "two paths"))(
@@ -271,10 +273,10 @@ case("age_keypair", "ssh_key_path_fifo", ("fifo", "FIFO"))(
 case("ssh_keypair", "comment_newline", ("comment", "single line"))(
     lambda w: {"path": os.path.join(w.base, "home", "id"), "comment": "a\nb"})
 case("vcs_commit", "outside", (r"\.\./", "outside the repository"))(
-    lambda w: {"repo": w.path, "paths": ["../x"], "message": "m"})
+    lambda w: {"repo": w.path, "paths": ["../x"], "commit_message": "m"})
 case("vcs_commit", "not_a_repo", ("hostile", "neither a git nor a jj"))(
-    lambda w: {"repo": os.path.join(w.base, "hostile"), "paths": ["x"], "message": "m"})
-case("vcs_commit", "empty_message", ("commit message",))(lambda w: {"repo": w.path, "paths": [], "message": " "})
+    lambda w: {"repo": os.path.join(w.base, "hostile"), "paths": ["x"], "commit_message": "m"})
+case("vcs_commit", "empty_message", ("commit message",))(lambda w: {"repo": w.path, "paths": [], "commit_message": " "})
 
 
 # --------------------------------------------------------------------------- sops_init (a new repository)

@@ -69,10 +69,10 @@ def test_no_private_key_outside_its_place_after_verbose_debug_and_killed_runs(tm
     killed = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-vvv", "-i", inventory,
          os.path.join(REPO, "playbooks", "demo.yml")], capture_output=True, text=True, start_new_session=True,
-        env=ansible_env(_env(tmp_path, **{failpoints.ENV: "extra_files.staged:killplaybook"})))
+        env=ansible_env(_env(tmp_path, **{failpoints.ENV: "extra_files.staged:killplaybook"})), check=False)
     outputs += [killed.stdout, killed.stderr]
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stdout[-2000:])
-    staging = [os.path.join(d, n) for d, ns, _ in os.walk(tmp_path / "run") for n in ns if n.startswith("extra-")]
+    staging = [os.path.join(d, n) for d, ns, _unused in os.walk(tmp_path / "run") for n in ns if n.startswith("extra-")]
     assert staging, "the kill left no staging behind: the point was never reached"
     last = run_playbook("demo.yml", inventory=inventory, env=_env(tmp_path))
     outputs += [last.stdout, last.stderr]

@@ -19,8 +19,9 @@ def git(repo, *args):
     return subprocess.run(["git", "-C", repo, *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
-def write_inventory(path, repo, groups, categories=CATEGORIES):
+def write_inventory(path, repo, groups, categories=None):
     """A user's inventory: categories in all.vars, groups under nixos, per-host nixfleet_categories."""
+    categories = CATEGORIES if categories is None else categories
     children = {g: {"hosts": {h: ({"nixfleet_categories": HOST_SETTINGS[h]} if h in HOST_SETTINGS else None)
                               for h in hs}} for g, hs in groups.items()}
     inv = {"all": {

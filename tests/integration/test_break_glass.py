@@ -111,7 +111,8 @@ def test_generate_register_drill_recover_end_to_end(tmp_path, env, sops_bin):
 
     # 2. register the recipient on the "admin machine": one commit
     base = {"nixfleet_secrets_repo": repo.path, "nixfleet_identity_files": [admin_key]}
-    head = subprocess.run(["git", "-C", repo.path, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    head = subprocess.run(["git", "-C", repo.path, "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=False).stdout
     check = run_playbook("break_glass.yml", {**base, "nixfleet_break_glass_recipient": recipient},
                          tags="register", check=True, diff=True, env=env)
     assert check.rc == 0 and "+    - &break_glass " + recipient in check.stdout, check.stdout[-3000:]
@@ -119,10 +120,10 @@ def test_generate_register_drill_recover_end_to_end(tmp_path, env, sops_bin):
                        tags="register", env=env, verbosity=3)
     assert reg.rc == 0, reg.stdout[-3000:]
     log = subprocess.run(["git", "-C", repo.path, "log", "--format=%s", f"{head.strip()}..HEAD"],
-                         capture_output=True, text=True).stdout.splitlines()
+                         capture_output=True, text=True, check=False).stdout.splitlines()
     assert log == ["chore(sops): register break-glass key &break_glass, rekey 3 files"]
     assert subprocess.run(["git", "-C", repo.path, "status", "--porcelain"], capture_output=True,
-                          text=True).stdout == ""
+                          text=True, check=False).stdout == ""
     again = run_playbook("break_glass.yml", {**base, "nixfleet_break_glass_recipient": recipient},
                          tags="register", env=env)
     assert again.rc == 0 and again.changed() == 0
@@ -145,8 +146,8 @@ def test_generate_register_drill_recover_end_to_end(tmp_path, env, sops_bin):
     assert "2 distinct share(s) given, 3 needed" in short.stdout
     assert_no_secret(short.stdout + short.stderr, identity, shares)
     # Ansible kept no module file (pipelining), so the typed shares never reached its temp files.
-    assert files_holding(str(tmp_path), [identity, identity[16:50]] + [s.split()[5] + " " + s.split()[6]
-                                                                        for s in shares], skip=out_dir) == []
+    secret_bits = [identity, identity[16:50]] + [s.split()[5] + " " + s.split()[6] for s in shares]
+    assert files_holding(str(tmp_path), secret_bits, skip=out_dir) == []
 
     # 4. the real sops decrypts every file with the recovered identity alone
     bg_file = tmp_path / "bg-keys.txt"
@@ -173,7 +174,7 @@ def test_generate_register_drill_recover_end_to_end(tmp_path, env, sops_bin):
         res = sops_decrypt(sops_bin, repo.file(rel), new_key)
         assert res.returncode == 0, res.stderr
     assert subprocess.run(["git", "-C", repo.path, "log", "-1", "--format=%s"], capture_output=True,
-                          text=True).stdout.startswith("chore(sops): recover with the break-glass key")
+                          text=True, check=False).stdout.startswith("chore(sops): recover with the break-glass key")
 
 
 def test_no_step_chosen_is_refused(env):
@@ -192,7 +193,7 @@ def run_with_prompts(args: list[str], prompt: bytes, answers: list[str], env: di
     out, typed = b"", 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.5)
+        ready, _unused, _unused = select.select([fd], [], [], 0.5)
         if not ready:
             continue
         try:
@@ -206,7 +207,7 @@ def run_with_prompts(args: list[str], prompt: bytes, answers: list[str], env: di
             time.sleep(0.2)  # the prompt turns echo off right after printing itself
             os.write(fd, answers[typed].encode() + b"\r")
             typed += 1
-    _, status = os.waitpid(pid, 0)
+    _unused, status = os.waitpid(pid, 0)
     assert typed == len(answers), out.decode(errors="replace")[-2000:]
     return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
 
@@ -237,7 +238,7 @@ def _zbar(png: str) -> str:
     zbarimg = shutil.which("zbarimg")
     if zbarimg is None:
         pytest.fail("zbarimg is not installed (Debian zbar-tools); run `make test` (it installs it)")
-    out = subprocess.run([zbarimg, "-q", "--raw", png], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([zbarimg, "-q", "--raw", png], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 

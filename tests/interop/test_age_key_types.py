@@ -66,7 +66,7 @@ def make_key(kind: str, tmp_path) -> Key:
 def _sops(sops_bin: str, args: list[str], cwd, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOPS_AGE")}
     env.update({"SOPS_DISABLE_VERSION_CHECK": "1", "HOME": "/nonexistent", **extra})
-    return subprocess.run([sops_bin, *args], capture_output=True, text=True, env=env, cwd=str(cwd))
+    return subprocess.run([sops_bin, *args], capture_output=True, text=True, env=env, cwd=str(cwd), check=False)
 
 
 KINDS = ["x25519", "pq", "ssh-ed25519", "ssh-rsa", "plugin"]
@@ -119,7 +119,7 @@ def test_real_age_both_ways(kind, tmp_path, age_bin, plugin):
     enc = tmp_path / "k.age"
     enc.write_text(keys.wrap(secret, key.recipient))
     ident_file = key.sops_env.get("SOPS_AGE_SSH_PRIVATE_KEY_FILE") or key.sops_env["SOPS_AGE_KEY_FILE"]
-    out = subprocess.run([age_bin, "-d", "-i", ident_file, str(enc)], capture_output=True)
+    out = subprocess.run([age_bin, "-d", "-i", ident_file, str(enc)], capture_output=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout == secret
     plain = tmp_path / "plain"
@@ -169,7 +169,7 @@ def _age_passphrase_file(age_bin: str, src: str, dest: str, passphrase: str) -> 
                 except OSError:
                     break
         os.write(fd, passphrase.encode() + b"\n")
-    _, status = os.waitpid(pid, 0)
+    _unused, status = os.waitpid(pid, 0)
     os.close(fd)
     assert status == 0
 

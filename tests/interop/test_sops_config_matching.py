@@ -41,7 +41,7 @@ def sops_recipients(sops_bin: str, path: str, cwd: str, config: str | None = Non
     cmd = [sops_bin] + (["--config", config] if config else []) + ["encrypt", "--output-type", "json"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOPS_AGE")}
     env["SOPS_DISABLE_VERSION_CHECK"] = "1"
-    proc = subprocess.run(cmd + [path], cwd=cwd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd + [path], cwd=cwd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         if "no matching creation rules" in proc.stderr:
             return None
@@ -237,7 +237,7 @@ def test_modules_add_and_remove_host_as_sops_sees_it(sops_bin, tmp_path):
 
 
 def test_key_groups_with_merge_and_shamir_like_sops(sops_bin, tmp_path):
-    r = [new_recipient() for _ in range(4)]
+    r = [new_recipient() for _unused in range(4)]
     (tmp_path / ".sops.yaml").write_text(
         "keys:\n" + "".join(f"  - &k{i} {x}\n" for i, x in enumerate(r)) + "creation_rules:\n"
         "  - path_regex: merged/\n"
@@ -258,7 +258,7 @@ def test_key_groups_with_merge_and_shamir_like_sops(sops_bin, tmp_path):
 
 def test_regexes_the_old_translation_refused_match_like_sops(sops_bin, tmp_path):
     """Inline flags mid-pattern, Unicode classes, (?U): sops (Go RE2) accepts them and so do we now."""
-    keys = [new_recipient() for _ in range(5)]
+    keys = [new_recipient() for _unused in range(5)]
     (tmp_path / ".sops.yaml").write_text(
         "creation_rules:\n"
         f"  - path_regex: '^\\p{{Greek}}+/'\n    age: {keys[0]}\n"
@@ -273,7 +273,7 @@ def test_regexes_the_old_translation_refused_match_like_sops(sops_bin, tmp_path)
 
 
 def test_merge_keys_and_shared_anchors_read_like_sops(sops_bin, tmp_path):
-    r = [new_recipient() for _ in range(4)]
+    r = [new_recipient() for _unused in range(4)]
     cfg = tmp_path / ".sops.yaml"
     cfg.write_text(
         "keys:\n" + "".join(f"  - &k{i} {x}\n" for i, x in enumerate(r)) + "common: &all\n  age: [*k0, *k1]\n"

@@ -67,7 +67,7 @@ _ARMOR = re.compile(r"-----BEGIN AGE ENCRYPTED FILE-----.*?-----END AGE ENCRYPTE
 @pytest.fixture()
 def keys(tmp_path):
     """Three identities, each in its own key file, plus one file with all of them."""
-    ids = [generate_identity() for _ in range(3)]
+    ids = [generate_identity() for _unused in range(3)]
     out = {"ids": ids, "recipients": [recipient_from_identity(i) for i in ids], "files": []}
     for n, ident in enumerate(ids):
         path = tmp_path / f"key{n}.txt"
@@ -86,7 +86,7 @@ def run_sops(sops_bin, args, key_file, cwd, check=True):
         "SOPS_DISABLE_VERSION_CHECK": "1",
         "SOPS_AGE_KEY_FILE": key_file,
     }
-    proc = subprocess.run([sops_bin, *args], capture_output=True, env=env, cwd=cwd, timeout=60)
+    proc = subprocess.run([sops_bin, *args], capture_output=True, env=env, cwd=cwd, timeout=60, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"sops {' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
     return proc
@@ -111,7 +111,7 @@ def parse_plain(fmt, data):
     store = store_for(fmt)
     if fmt == "binary":
         return data
-    docs, _ = store.load(data)
+    docs, _unused = store.load(data)
     return docs[0]
 
 
@@ -496,7 +496,7 @@ def test_random_yaml_documents_from_sops(sops_bin, tmp_path_factory, doc, encryp
     key = sf.data_key([ident])
     stash: dict = {}
     docs = cipher.decrypt_tree(sf.encrypted_documents, key, sf.metadata, False, stash, None)
-    enc_docs, _ = cipher.encrypt_tree(docs, key, sf.metadata.rules, False, stash, None)
+    enc_docs, _unused = cipher.encrypt_tree(docs, key, sf.metadata.rules, False, stash, None)
     ours = sf.store.emit(enc_docs, sf.metadata.to_mapping())
     # Equal list items share their additional data, so sops' IV stash (and ours) reuses one IV
     # for them on re-encryption: compare ciphertexts only through the layout.
@@ -519,18 +519,19 @@ def gpg_home():
                    env=env, check=True, capture_output=True, timeout=60)
     out = subprocess.run(["gpg", "--batch", "--list-keys", "--with-colons"], env=env, check=True,
                          capture_output=True, text=True).stdout
-    fp = next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
+    fp = next((line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:")), None)
+    assert fp, out
     subprocess.run([*gen, "--quick-add-key", fp, "cv25519", "encr", "never"], env=env, check=True,
                    capture_output=True, timeout=60)
     yield home, fp
-    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True, timeout=30)
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True, timeout=30, check=False)
     shutil.rmtree(home, ignore_errors=True)
 
 
 def run_sops_gpg(sops_bin, args, key_file, cwd, gnupghome, check=True):
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cwd), "SOPS_DISABLE_VERSION_CHECK": "1",
            "SOPS_AGE_KEY_FILE": key_file, "GNUPGHOME": gnupghome}
-    proc = subprocess.run([sops_bin, *args], capture_output=True, env=env, cwd=cwd, timeout=120)
+    proc = subprocess.run([sops_bin, *args], capture_output=True, env=env, cwd=cwd, timeout=120, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"sops {' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
     return proc

@@ -39,8 +39,9 @@ CATEGORY_FILES = {"base": "sops/shared.yaml", "desktop": "sops/desktop.yaml", "s
                   "network": "sops/network.yaml", "cli": "sops/cli.yaml"}
 
 
-def inventory_groups(groups: dict[str, list[str]] = GROUPS) -> dict[str, list[str]]:
+def inventory_groups(groups: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
     """Ansible's ``groups`` for this inventory (nixos holds the three groups; localhost is ungrouped)."""
+    groups = GROUPS if groups is None else groups
     nixos = [h for hs in groups.values() for h in hs]
     return {"all": ["localhost", *nixos], "ungrouped": ["localhost"], "nixos": nixos, **groups}
 

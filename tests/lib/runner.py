@@ -86,7 +86,7 @@ def run_module(
         cmd.append("-" + "v" * verbosity)
     e = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.minimal", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
                      **(env or {})})
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=e, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=e, stdin=subprocess.DEVNULL, check=False)
     marker = re.search(r"^localhost \| ([A-Z!]+) => ", proc.stdout, re.M)
     try:
         assert marker is not None
@@ -138,7 +138,8 @@ def run_playbook(
         cmd += ["--tags", tags]
     if verbosity:
         cmd.append("-" + "v" * verbosity)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(env), stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(env),
+                          stdin=subprocess.DEVNULL, check=False)
     recap: dict[str, dict[str, int]] = {}
     for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", proc.stdout, re.M):
         recap[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}

@@ -17,10 +17,15 @@ import os
 import re
 from decimal import Decimal
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+from ..module_support import note_missing_lib
 from .tree import Comment
+
+# Guarded: without the library, modules fail with missing_required_lib (module_support.require_libs).
+try:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+except ImportError:
+    note_missing_lib("cryptography")
 
 _ENC_RE = re.compile(r"^ENC\[AES256_GCM,data:(.+),iv:(.+),tag:(.+),type:(.+)\]")
 NONCE_SIZE = 32

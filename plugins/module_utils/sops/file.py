@@ -140,7 +140,7 @@ class SopsFile:
         rules = _rules(rule_options, sf.store, path)
         threshold = _threshold(len(groups), shamir_threshold, path)
         key = os.urandom(32)
-        shares, _ = shares_for(key, len(groups), threshold or 2)
+        shares, _unused = shares_for(key, len(groups), threshold or 2)
         sf.raw = None
         sf.spans = []
         sf.metadata = Metadata(key_groups=wrap_groups(shares, groups), version=SOPS_VERSION,
@@ -162,7 +162,7 @@ class SopsFile:
         if self._encrypted is None:
             if self.raw is None:
                 return []
-            self._encrypted, _ = self.store.load(self.raw, self.path)
+            self._encrypted, _unused = self.store.load(self.raw, self.path)
         return self._encrypted
 
     # ----------------------------------------------------------------- keys
@@ -357,7 +357,7 @@ class SopsFile:
         self.documents()  # decrypted with the old key before it is replaced
         key = os.urandom(32)
         threshold = meta.shamir_threshold or len(meta.key_groups)
-        shares, _ = shares_for(key, len(meta.key_groups), threshold)
+        shares, _unused = shares_for(key, len(meta.key_groups), threshold)
         meta.key_groups = wrap_groups(shares, meta.recipients)
         self._key, self._parts, self._stash = key, dict(enumerate(shares)), {}
         self._touch_values()
@@ -388,7 +388,7 @@ class SopsFile:
 
     def _splice_metadata(self, data: bytes) -> bytes:
         if self.spans is None:
-            self.spans, _ = self.store.find_metadata(data, self.path)
+            self.spans, _unused = self.store.find_metadata(data, self.path)
         block = self.store.emit_metadata(self.metadata.to_mapping())
         out = bytearray()
         pos = 0

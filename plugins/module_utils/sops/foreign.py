@@ -94,9 +94,9 @@ def _wanted_ids(kind: str, value: Any, path: str | None) -> list[str]:
             if kind == "kms":
                 item = str(item.get("arn", "")) + (f"+{item['role']}" if item.get("role") else "")
             elif kind == "azure_kv":
-                item = "/".join(str(x) for x in (item.get("vaultUrl") or item.get("vault_url", ""), "keys",
-                                                  item.get("key") or item.get("name", ""), item.get("version", ""))
-                                if x)
+                parts = (item.get("vaultUrl") or item.get("vault_url", ""), "keys",
+                         item.get("key") or item.get("name", ""), item.get("version", ""))
+                item = "/".join(str(x) for x in parts if x)
             else:
                 raise SopsError(f"foreign keys of kind {kind} are given as strings", path)
         ident = _norm(kind, str(item))

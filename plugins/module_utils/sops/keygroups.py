@@ -19,7 +19,8 @@ from .errors import SopsDecryptError, SopsError, SopsNoIdentityError
 from .keys import Keyring, find_identities, wrap
 from .metadata import AgeStanza, Metadata
 
-Identities = Keyring | Iterable[str] | None
+# pylint cannot see that typing aliases support | (Python 3.10+).
+Identities = Keyring | Iterable[str] | None  # pylint: disable=unsupported-binary-operation
 
 
 def keyring(identities: Identities = None, env: Any = None) -> Keyring:

@@ -26,12 +26,6 @@ import subprocess
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
-import pyrage
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from pyrage import ssh as pyrage_ssh
-from pyrage import x25519 as pyrage_x25519
-
 from .. import agefile, agekeys
 from ..age import (
     PLUGIN,
@@ -50,7 +44,21 @@ from ..age import (
 from ..ageplugin import PluginError, PluginUI, SecretSource, unwrap_file_keys, wrap_file_keys
 from ..fsutil import KEY_FILE_LIMIT, UnsafePathError, read_regular
 from ..identities import PASSPHRASE_HINT, Warn, identity_texts, is_locked, unlock
+from ..module_support import note_missing_lib
 from .errors import SopsError
+
+# Guarded: without the library, modules fail with missing_required_lib (module_support.require_libs).
+try:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+except ImportError:
+    note_missing_lib("cryptography")
+try:
+    import pyrage
+    from pyrage import ssh as pyrage_ssh
+    from pyrage import x25519 as pyrage_x25519
+except ImportError:
+    note_missing_lib("pyrage")
 
 SOPS_AGE_KEY = "SOPS_AGE_KEY"
 SOPS_AGE_KEY_FILE = "SOPS_AGE_KEY_FILE"
@@ -336,7 +344,7 @@ class Keyring:
     def has_recipient(self, recipient: str) -> bool:
         """True when one of the identities is the one ``recipient`` names (plugin identities can't tell)."""
         key = self._key(recipient)
-        return key in self._ssh or any(r == key for *_, r in self._x25519) or any(r == key for _, r in self._pq)
+        return key in self._ssh or any(r == key for *_k, r in self._x25519) or any(r == key for _k, r in self._pq)
 
     # ----------------------------------------------------------------- opening one stanza
     def _open_local(self, enc: str, want: str | None) -> bytes | None:
@@ -408,7 +416,7 @@ class Keyring:
         if not todo:
             return
         try:
-            file_keys = unwrap_file_keys(name, self._plugins[name], [f.stanzas for _, f in todo], self.ui)
+            file_keys = unwrap_file_keys(name, self._plugins[name], [f.stanzas for _unused, f in todo], self.ui)
         except PluginError as exc:
             self.searched.append(str(exc))
             return
@@ -478,7 +486,7 @@ class Keyring:
             else:
                 pending.append((file_id, pairs))
         by_name: dict[str, list[str]] = {}
-        for _, pairs in pending:
+        for _unused, pairs in pending:
             for recipient, enc in pairs:
                 kind = _kind(recipient)
                 if kind.startswith(PLUGIN + ":") and kind.split(":", 1)[1] in self._plugins:
@@ -486,7 +494,7 @@ class Keyring:
         for name, encs in by_name.items():
             self._plugin_batch(name, encs)
         for file_id, pairs in pending:
-            for _, enc in pairs:
+            for _unused, enc in pairs:
                 if _enc_key(enc) in self._opened:
                     out[file_id] = self._opened[_enc_key(enc)]
                     break
@@ -568,7 +576,7 @@ def wrap_many(
                 out[job_id][r] = wrap(secret, r)
     for r, items in by_plugin.items():
         name = _recipient(r)[1]
-        file_keys = [agefile.new_file_key() for _ in items]
+        file_keys = [agefile.new_file_key() for _unused in items]
         try:
             stanzas = wrap_file_keys(name, r, file_keys, ui or _DEFAULT_UI)
         except PluginError as exc:

@@ -271,7 +271,8 @@ def unflatten(flat: dict[str, str]) -> dict[str, Any]:
                 else:
                     cur = cur.setdefault(tok, [] if isinstance(nxt, int) else {})
             else:
-                assert isinstance(tok, int)
+                if not isinstance(tok, int):
+                    raise AssertionError("internal error: isinstance(tok, int) does not hold")
                 while len(cur) <= tok:
                     cur.append(None)
                 if last:

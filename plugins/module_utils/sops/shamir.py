@@ -69,7 +69,7 @@ def split(secret: bytes, parts: int, threshold: int) -> list[bytes]:
         raise ValueError("threshold must be at least 2")
     if not secret:
         raise ValueError("cannot split an empty secret")
-    out = [bytearray(len(secret) + 1) for _ in range(parts)]
+    out = [bytearray(len(secret) + 1) for _unused in range(parts)]
     for idx in range(parts):
         out[idx][len(secret)] = idx + 1
     for pos, byte in enumerate(secret):

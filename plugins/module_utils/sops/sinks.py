@@ -109,10 +109,10 @@ class StagedSink:
         """
         pending, self.staged = self.staged, []
         try:
-            sync_staged([tmp for tmp, _ in pending])
+            sync_staged([tmp for tmp, _unused in pending])
         except OSError as exc:
-            discard_staged([tmp for tmp, _ in pending])
-            targets = [t for _, t in pending]
+            discard_staged([tmp for tmp, _unused in pending])
+            targets = [t for _unused, t in pending]
             listing = ", ".join(targets[:5]) + (f" and {len(targets) - 5} more" if len(targets) > 5 else "")
             raise StagedCommitError(
                 f"cannot make the new files durable ({exc.strerror or exc}); nothing was written, every file is "
@@ -125,15 +125,15 @@ class StagedSink:
                 f"stopped renaming new files into place ({exc}): {len(exc.done)} are new, {len(exc.left)} unchanged; "
                 "every file is whole", (exc.left or exc.done or [None])[0], exc.done, exc.left) from None
         except OSError as exc:
-            targets = [t for _, t in pending]
+            targets = [t for _unused, t in pending]
             raise StagedCommitError(
                 f"renaming new files into place failed ({exc.strerror or exc}); it was undone: nothing was "
                 "written, every file is as it was", exc.filename, [], targets) from None
-        return [t for _, t in pending]
+        return [t for _unused, t in pending]
 
     def discard(self) -> None:
         """Remove every staged temp; the files stay as they were."""
-        discard_staged([tmp for tmp, _ in self.staged])
+        discard_staged([tmp for tmp, _unused in self.staged])
         self.staged = []
 
 

@@ -35,7 +35,6 @@ class NoMatchingRuleError(SopsConfigError):
     """No creation rule matches a path: sops would refuse to create it (not a broken config)."""
 
 
-
 def relative_to_config(config_path: str, file_path: str) -> str:
     """The path sops matches ``path_regex`` against for ``file_path``.
 
@@ -61,4 +60,3 @@ def check_anchor_name(name: str, what: str = "anchor", allow_group_colon: bool =
             f"{what} name {name!r} is not allowed: use {ANCHOR_RULE_TEXT} (e.g. web-01, alice_griefling)"
         )
     return name
-

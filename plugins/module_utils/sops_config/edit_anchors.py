@@ -80,7 +80,8 @@ class AnchorEdits(EditableText):
             at = self.root.items[0][0].line if self.root is not None and self.root.items else len(self.lines)
             self._insert_lines(self._comment_block_start(at), lines)
             return
-        assert keys is not None
+        if keys is None:
+            raise AssertionError("internal error: keys is not None does not hold")
         if layout == "flat" or (group is None and layout != "mapping"):
             self._append_item(keys, f"&{name} {self._render_scalar(recipient, self._sibling_style(keys))}")
             return
@@ -186,7 +187,8 @@ class AnchorEdits(EditableText):
     def _drop_tokens(self, f: AgeField, tokens: list[str], victims: set[str], what: str) -> None:
         """Delete the members ``victims`` (tokens) from the age value of ``f`` in one text change."""
         v = f.value
-        assert v is not None
+        if v is None:
+            raise AssertionError("internal error: v is not None does not hold")
         remaining = [t for t in tokens if t not in victims]
         if not remaining:
             self._delete_key(f)
@@ -221,7 +223,8 @@ class AnchorEdits(EditableText):
             raise SopsConfigError(f"{self._where(v)}: cannot remove a member of {what} from this age: value")
 
     def _delete_key(self, f: AgeField) -> None:
-        assert f.key is not None and f.value is not None
+        if not (f.key is not None and f.value is not None):
+            raise AssertionError("internal error: f.key is not None and f.value is not None does not hold")
         text = self._line_text(f.key.line)
         if text[: f.key.col].strip():
             raise SopsConfigError(f"{self._where(f.key)}: age: shares its line with the list dash; remove it by hand")
@@ -257,7 +260,7 @@ class AnchorEdits(EditableText):
         stack = [self.root] if self.root is not None else []
         while stack:
             node = stack.pop()
-            children = [v for _, v in node.items] if node.kind == "map" else node.items if node.kind == "seq" else []
+            children = [v for _k, v in node.items] if node.kind == "map" else node.items if node.kind == "seq" else []
             for c in children:
                 if c is target:
                     return node if node.kind == "seq" else None

@@ -102,8 +102,8 @@ class RuleEdits(AnchorEdits):
 
     def _member_texts(self, f: AgeField) -> list[str]:
         """The members of a merged age value written as list items this rule can hold itself."""
-        v = f.value
-        assert v is not None
+        if (v := f.value) is None:
+            raise AssertionError("internal error: v is not None does not hold")
         items = v.items if v.kind == "seq" else [v]
         out: list[str] = []
         for item in items:
@@ -210,7 +210,7 @@ class RuleEdits(AnchorEdits):
 
     def _drop_all(self, index: int, gi: int, victims: set[str]) -> None:
         """Within a transaction: delete every member in ``victims`` from key group ``gi`` of rule ``index``."""
-        for _ in range(10_000):
+        for _unused in range(10_000):
             rule = self.model.rules[index]
             if not any(t in victims for t in rule.members[gi]):
                 return
@@ -421,15 +421,15 @@ class RuleEdits(AnchorEdits):
             if shamir is not None:
                 rest["shamir_threshold"] = shamir
             if use_kg:
-                rest["key_groups"] = [{} for _ in groups]
+                rest["key_groups"] = [{} for _unused in groups]
             anchors = self.model.anchor_nodes()
             pairs = [[("*" + a, tuple(split_recipients(anchors[a][0].value or ""))) for a in g] for g in groups]
             expect.insert_rule(position, rest, pairs)
 
     def _delete_rule(self, rule: CreationRule) -> None:
         with self.transaction(f"remove {rule.describe()}") as expect:
-            rn = self.model.rules_node
-            assert rn is not None
+            if (rn := self.model.rules_node) is None:
+                raise AssertionError("internal error: rn is not None does not hold")
             if rn.flow:
                 raise SopsConfigError(f"{self._where(rn)}: creation_rules is a flow list; remove the rule by hand")
             item = rn.items[rule.index]

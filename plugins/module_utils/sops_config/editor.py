@@ -113,7 +113,8 @@ class EditableText:
     @property
     def model(self) -> ConfigModel:
         """The meaning of the current text (computed once per text version)."""
-        assert self._model is not None
+        if self._model is None:
+            raise AssertionError("internal error: self._model is not None does not hold")
         return self._model
 
     @property

@@ -443,7 +443,7 @@ class ConfigModel:
 
     def find_rule(self, path_regex: str | None) -> CreationRule | None:
         """The first rule whose path_regex is exactly ``path_regex`` (None/'' = the catch-all)."""
-        by_regex = self._once("by_regex", lambda: self._by_regex())
+        by_regex = self._once("by_regex", self._by_regex)
         return by_regex.get(path_regex or None)
 
     def _by_regex(self) -> dict[str | None, CreationRule]:

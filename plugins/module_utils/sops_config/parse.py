@@ -27,12 +27,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml import events as ev
-from ruamel.yaml.error import MarkedYAMLError
-from ruamel.yaml.main import CParser  # libyaml's parser from ruamel.yaml.clib; None when it is not installed
-
+from ..module_support import note_missing_lib
 from .common import SopsConfigError
+
+# Guarded: without the library, modules fail with missing_required_lib (module_support.require_libs).
+try:
+    from ruamel.yaml import YAML
+    from ruamel.yaml import events as ev
+    from ruamel.yaml.error import MarkedYAMLError
+    from ruamel.yaml.main import CParser  # libyaml's parser from ruamel.yaml.clib; None when it is not installed
+except ImportError:
+    note_missing_lib("ruamel.yaml")
 
 # Far above what any real .sops.yaml reaches through aliases (a 2,000-host file: ~10,000),
 # far below what takes noticeable time or memory to walk.
@@ -296,7 +301,7 @@ def _parse(b: _Builder, text: str, path: str) -> ParsedDoc:
             handler = handlers.get(type(e))
             if handler is not None:
                 handler(e)
-            elif type(e) is ev.DocumentStartEvent:
+            elif isinstance(e, ev.DocumentStartEvent):
                 docs += 1
                 if docs > 1:
                     raise SopsConfigError(f"{path}: holds more than one YAML document; sops reads only one")

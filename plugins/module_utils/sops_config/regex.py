@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import re
 
-import re2
-
+from ..module_support import note_missing_lib
 from .common import SopsConfigError
+
+# Guarded: without the library, modules fail with missing_required_lib (module_support.require_libs).
+try:
+    import re2
+except ImportError:
+    note_missing_lib("google-re2")
 
 # Big enough for thousands of path_regex in one Set (and for one large pattern Go accepts).
 _SET_MAX_MEM = 256 << 20

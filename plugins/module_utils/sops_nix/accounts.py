@@ -37,7 +37,7 @@ class Accounts:
         """uid of a user name (from the target's /etc/passwd, or NSS on the host itself)."""
         if user is None or isinstance(user, int) or str(user).isdigit():
             return None if user is None else int(user)
-        passwd, _ = self._load()
+        passwd, _unused = self._load()
         if user in passwd:
             return passwd[user][0]
         if self.fs.root == "/":
@@ -53,7 +53,7 @@ class Accounts:
         """gid of a group name (from the target's /etc/group, or NSS on the host itself)."""
         if group is None or isinstance(group, int) or str(group).isdigit():
             return None if group is None else int(group)
-        _, groups = self._load()
+        _unused, groups = self._load()
         if group in groups:
             return groups[group]
         if self.fs.root == "/":
@@ -67,8 +67,8 @@ class Accounts:
 
     def user_label(self, uid: int) -> str:
         """`` (name)`` of the user with ``uid``, for messages ('' when unknown)."""
-        passwd, _ = self._load()
-        for name, (u, _, _) in passwd.items():
+        passwd, _unused = self._load()
+        for name, (u, _unused, _unused) in passwd.items():
             if u == uid:
                 return f" ({name})"
         return ""

@@ -73,7 +73,7 @@ def _from_unit(fs: RootedFS, text: str) -> list[str]:
     """Manifest paths the unit's ExecStart runs, directly or through NixOS's unit script."""
     found: list[str] = []
     for line in text.splitlines():
-        key, _, value = line.strip().partition("=")
+        key, _unused, value = line.strip().partition("=")
         if key.strip() != "ExecStart" or not value.strip():
             continue
         command = value.strip().lstrip("-@:+!")

@@ -69,7 +69,7 @@ class Report:
             # One line: the first fault in full (what and where), then where the others are.
             n = len(faults)
             first = faults[0]["message"].removeprefix(f"{self.host}: ")
-            rest = [w for w in dict.fromkeys(f"{f['check']} {f['path']}" for f in faults[1:])]
+            rest = list(dict.fromkeys(f"{f['check']} {f['path']}" for f in faults[1:]))
             summary = (f"{self.host}: {n} fault{'s' if n != 1 else ''}: {faults[0]['check']} {first}"
                        + (f"; also {', '.join(rest)}" if rest else ""))
         else:

@@ -66,7 +66,7 @@ def _inside(repo: str, rel: str, shown: str) -> str:
     real_repo, real = os.path.realpath(repo), os.path.realpath(candidate)
     if os.path.commonpath([real_repo, real]) != real_repo:
         raise OutsideRepoError(f"{shown} leads out of the secrets repo {repo} (to {real}); only files inside the "
-                          "repository are checked")
+                               "repository are checked")
     return candidate
 
 

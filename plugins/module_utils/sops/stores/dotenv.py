@@ -102,7 +102,7 @@ class DotenvStore(StructuredStore):
             end = pos + len(line) + 1
             if line.startswith(PREFIX.encode()):
                 text = line.decode("utf-8", "replace")
-                key, _, value = text.partition("=")
+                key, _unused, value = text.partition("=")
                 _check_unique(key, number, first_line, path)
                 flat[key[len(PREFIX) :]] = value
                 spans.append((pos, min(end, len(data))))

@@ -526,7 +526,7 @@ def emit_documents(docs: list[dict]) -> str:
     for doc in docs:
         out = _Out()
         if not doc or _only_comments(doc):
-            head, _, _ = _split_comments(list(doc.items()))
+            head, _unused, _unused = _split_comments(list(doc.items()))
             out.comment(0, head)
             out.lines.append("{}")
         else:

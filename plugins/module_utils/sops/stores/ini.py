@@ -123,9 +123,9 @@ def _section(name: str, comment: str | None, keys: list[tuple[str, str, str | No
         lines += _comment_lines(comment)
     if name != DEFAULT:
         lines.append(f"[{name}]")
-    qkeys = [_quote_key(k) for k, _, _ in keys]
+    qkeys = [_quote_key(k) for k, _unused, _unused in keys]
     width = max((len(k) for k in qkeys), default=0)
-    for qk, (_, value, kcomment) in zip(qkeys, keys, strict=True):
+    for qk, (_unused, value, kcomment) in zip(qkeys, keys, strict=True):
         if kcomment:
             lines += _comment_lines(kcomment)
         lines.append(f"{qk.ljust(width)} = {_quote_value(value)}")
@@ -190,7 +190,7 @@ class IniStore(StructuredStore):
             if name == DEFAULT and not keys and not comments:
                 continue
             if name == "sops":
-                meta = unflatten({k: v for k, v, _ in keys})
+                meta = unflatten({k: v for k, v, _unused in keys})
                 continue
             branch: dict = {}
             if comments:
@@ -232,5 +232,5 @@ class IniStore(StructuredStore):
                 end -= 1
         block = data[m.start() : end].decode("utf-8", "replace")
         secs = _parse(block, path)
-        keys = next((k for n, _, k in secs if n == "sops"), [])
-        return [(m.start(), end)], unflatten({k: v for k, v, _ in keys})
+        keys = next((k for n, _unused, k in secs if n == "sops"), [])
+        return [(m.start(), end)], unflatten({k: v for k, v, _unused in keys})

@@ -7,14 +7,22 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import yaml as pyyaml
-
+from ...module_support import note_missing_lib
 from ..errors import SopsFormatError
 from ..tree import Comment
 from . import StructuredStore
 from .goyaml import emit_documents, emit_mapping_block, resolve_plain
 
-_Loader = getattr(pyyaml, "CSafeLoader", pyyaml.SafeLoader)
+# Guarded: without the library, modules fail with missing_required_lib (module_support.require_libs).
+try:
+    import yaml as pyyaml
+except ImportError:
+    HAS_PYYAML = False
+    note_missing_lib("PyYAML")
+else:
+    HAS_PYYAML = True
+
+_Loader = getattr(pyyaml, "CSafeLoader", pyyaml.SafeLoader) if HAS_PYYAML else None
 _SOPS_LINE = re.compile(r"^sops:[ \t]*(#.*)?$", re.M)
 
 
@@ -109,7 +117,7 @@ def _finish(value: Any) -> Any:
         entries = sorted(value.entries, key=lambda e: e[0])
         if value.is_map:
             out: dict = {}
-            for _, key, v in entries:
+            for _unused, key, v in entries:
                 if isinstance(key, Comment):
                     out[key] = None
                 elif key is None and isinstance(v, Comment):
@@ -117,7 +125,7 @@ def _finish(value: Any) -> Any:
                 else:
                     out[key] = _finish(v)
             return out
-        return [_finish(v) for _, _, v in entries]
+        return [_finish(v) for _unused, _unused, v in entries]
     return value
 
 
@@ -169,7 +177,7 @@ def _index_parents(value: Any, b: _Builder, parent: _Container | None = None) ->
     if isinstance(value, _Container):
         if parent is not None:
             b.parents[id(value)] = parent
-        for _, _, v in value.entries:
+        for _unused, _unused, v in value.entries:
             _index_parents(v, b, value)
 
 

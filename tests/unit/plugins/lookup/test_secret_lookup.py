@@ -28,7 +28,7 @@ def sops_encrypt(sops_bin: str, cwd: str, rel: str, data: dict, recipients: list
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOPS_AGE")}
     env.update({"SOPS_DISABLE_VERSION_CHECK": "1"})
     proc = subprocess.run([sops_bin, "encrypt", "--age", ",".join(recipients), plain],
-                          capture_output=True, text=True, cwd=cwd, env=env)
+                          capture_output=True, text=True, cwd=cwd, env=env, check=False)
     assert proc.returncode == 0, proc.stderr
     os.unlink(plain)
     with open(target, "w") as fh:

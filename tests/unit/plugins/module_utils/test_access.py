@@ -78,11 +78,11 @@ def test_user_keys_add_each_hosts_user_anchor():
     m = access.build_model(CATEGORIES, inventory_groups(), {}, ["admin"], user_keys=True,
                            host_users={h: "rain" for h in HOSTS})
     anchors = {a: None for a in ["admin", "break_glass", *HOSTS, *("rain_" + h for h in HOSTS)]}
-    wanted, lacking, _ = access.wanted_anchors(m, anchors)
+    wanted, lacking, _unused = access.wanted_anchors(m, anchors)
     assert wanted["desktop"] == ["admin", "break_glass", "d1", "rain_d1", "d2", "rain_d2"]
     assert lacking == []
     m2 = access.build_model(CATEGORIES, inventory_groups(), {}, ["admin"], user_keys=True)
-    _, lacking, _ = access.wanted_anchors(m2, anchors)
+    _unused, lacking, _unused = access.wanted_anchors(m2, anchors)
     assert {h["host"] for h in lacking} == set(HOSTS) and all(h["anchor"] is None for h in lacking)
 
 
@@ -91,20 +91,20 @@ def test_host_without_anchor_is_left_out_and_reported(repo):
     g["desktops"].append("newbox")
     rec = access.reconcile(SopsConfig.load(repo.file(".sops.yaml")), model(groups=g))
     assert access.managed_rules(rec.config)["desktop"].anchors == EXPECTED["desktop"]
-    assert rec.hosts_without_anchor == [{"host": "newbox", "anchor": "newbox", "categories": ["base", "desktop",
-                                                                                          "cli"],
+    assert rec.hosts_without_anchor == [{"host": "newbox", "anchor": "newbox",
+                                         "categories": ["base", "desktop", "cli"],
                                          "reason": "no anchor &newbox in .sops.yaml"}]
 
 
 def test_break_glass_option():
     anchors = {"admin": 1, "d1": 1, "d2": 1, "s1": 1, "s2": 1, "v1": 1, "v2": 1}
-    wanted, _, glass = access.wanted_anchors(model(), anchors)  # no &break_glass: none used
+    wanted, _unused, glass = access.wanted_anchors(model(), anchors)  # no &break_glass: none used
     assert glass == "" and wanted["desktop"] == ["admin", "d1", "d2"]
-    wanted, _, glass = access.wanted_anchors(model(break_glass_anchor="paper"), {**anchors, "paper": 1})
+    wanted, _unused, glass = access.wanted_anchors(model(break_glass_anchor="paper"), {**anchors, "paper": 1})
     assert glass == "paper" and wanted["desktop"][:2] == ["admin", "paper"]
     with pytest.raises(access.AccessError, match=r"break-glass anchor &paper is not in \.sops\.yaml"):
         access.wanted_anchors(model(break_glass_anchor="paper"), anchors)
-    wanted, _, glass = access.wanted_anchors(model(break_glass_anchor=""), {**anchors, "break_glass": 1})
+    wanted, _unused, glass = access.wanted_anchors(model(break_glass_anchor=""), {**anchors, "break_glass": 1})
     assert glass == "" and "break_glass" not in wanted["desktop"]
 
 

@@ -25,7 +25,7 @@ def _openssh_public(key) -> str:
 
 # ---------------------------------------------------------------- recipients and identities
 def test_generated_identity_matches_pyrage():
-    for _ in range(20):
+    for _unused in range(20):
         ident = age.generate_identity()
         assert ident.startswith("AGE-SECRET-KEY-1")
         assert age.recipient_from_identity(ident) == str(pyrage.x25519.Identity.from_str(ident).to_public())
@@ -126,7 +126,7 @@ def test_format_identity_file_is_parsed_back_and_names_the_recipient():
 
 # ---------------------------------------------------------------- ssh-to-age vs libsodium
 def test_ssh_to_age_agrees_with_libsodium_for_many_random_keys():
-    for _ in range(300):
+    for _unused in range(300):
         pk, sk = sodium.crypto_sign_keypair()
         line = sshkeys.public_line(pk, "x@y")
         want_recipient = age.recipient_from_public_bytes(sodium.crypto_sign_ed25519_pk_to_curve25519(pk))
@@ -162,7 +162,7 @@ def test_ssh_private_key_from_ssh_keygen_converts(tmp_path):
     ],
 )
 def test_public_key_line_shapes(fmt):
-    pk, _ = sodium.crypto_sign_keypair()
+    pk, _unused = sodium.crypto_sign_keypair()
     bare = sshkeys.public_line(pk)
     want = age.recipient_from_public_bytes(sodium.crypto_sign_ed25519_pk_to_curve25519(pk))
     assert age.ssh_public_key_to_recipient(fmt.format(key=bare)) == want
@@ -339,6 +339,6 @@ def test_age_module_stays_importable_with_the_standard_library_only(repo_root):
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.path.join(repo_root, ".collections")})
+                         env={**os.environ, "PYTHONPATH": os.path.join(repo_root, ".collections")}, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"

@@ -75,7 +75,7 @@ def test_tampered_header_or_payload_is_refused():
     ],
 )
 def test_malformed_files_are_refused_without_quoting_them(mangle, why):
-    _, enc = _x25519_file(b"s" * 32)
+    _unused, enc = _x25519_file(b"s" * 32)
     binary = agefile.dearmor(enc)
     with pytest.raises(agefile.AgeFormatError, match=why) as err:
         agefile.parse(mangle(binary))

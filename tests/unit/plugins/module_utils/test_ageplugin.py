@@ -101,7 +101,7 @@ def test_missing_pin_leaves_the_file_closed_with_a_reason(plugin, monkeypatch):
 
 def test_plugin_error_on_wrap_is_a_clear_sops_error(plugin, monkeypatch):
     monkeypatch.setenv("NFTEST_FAIL", "wrap")
-    recipient, _ = nftest.keypair()
+    recipient, _unused = nftest.keypair()
     with pytest.raises(engine.SopsError, match="age-plugin-nftest could not wrap.*told to fail"):
         keys.wrap(os.urandom(32), recipient)
 

@@ -58,7 +58,7 @@ def test_register_every_layout_every_group_idempotent(tmp_path, fixture, glass):
     repo.mkdir()
     shutil.copy(fixture, repo / ".sops.yaml")
     before = (repo / ".sops.yaml").read_text()
-    _, recipient = glass
+    _unused, recipient = glass
     checked = breakglass.register(str(repo), recipient, identities=[], check_mode=True)
     assert checked.changed and (repo / ".sops.yaml").read_text() == before
     assert not (repo / ".nixfleet").exists()
@@ -104,7 +104,7 @@ def test_register_rekeys_and_break_glass_alone_opens_with_real_sops(repo, glass,
 
 
 def test_register_new_recipient_replaces_the_old_key(repo, glass):
-    _, first = glass
+    _unused, first = glass
     breakglass.register(repo.path, first, admin_ids(repo))
     second = age.recipient_from_identity(age.generate_identity())
     res = breakglass.register(repo.path, second, admin_ids(repo))

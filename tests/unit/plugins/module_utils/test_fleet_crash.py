@@ -60,7 +60,7 @@ def test_sigkill_during_rekey_leaves_every_file_old_or_new(tmp_path, sops_bin):
         # The whole run dies, its worker processes too, wherever the point is hit.
         env = dict(os.environ, **{failpoints.ENV: f"{point}:killpg"})
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                              start_new_session=True)
+                              start_new_session=True, check=False)
         assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, proc.stderr[-2000:])
         new = _assert_each_file_old_or_new(repo, files, original, plain, newcomers)
         assert {"none": new == 0, "some": 0 < new < len(files) - 1, "all but one": new == len(files) - 1,
@@ -78,7 +78,7 @@ def test_sigkill_during_rekey_leaves_every_file_old_or_new(tmp_path, sops_bin):
         with open(repo.file(rel), "wb") as fh:
             fh.write(data)
     env = dict(os.environ, **{failpoints.ENV: "rename#250:killpg"})
-    subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, start_new_session=True)
+    subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, start_new_session=True, check=False)
     assert [f for f in os.listdir(repo.file("sops")) if f.endswith(".tmp")], "the kill left no temp to clean up"
     res = fleet.rekey(repo.path, [repo.identities["admin"]])
     assert res.counts["failed"] == 0 and res.counts["changed"] == len(files) - 249

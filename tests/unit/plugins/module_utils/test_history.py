@@ -24,8 +24,8 @@ def test_three_commits_host_gains_access_at_the_second(tmp_path):
     git(repo, "config", "user.email", "t@example.invalid")
     git(repo, "config", "user.name", "t")
     admin_id, admin = keypair()
-    _, ghost = keypair()
-    _, ghost_old = keypair()
+    _unused, ghost = keypair()
+    _unused, ghost_old = keypair()
     cfg = repo / ".sops.yaml"
 
     # 1: ghost (under an older key) reads only its own file; shared is admin-only.

@@ -108,8 +108,8 @@ def test_six_parallel_module_runs_lose_no_entry(tmp_path):
 
     def one(item):
         anchor, r = item
-        return run_module("sops_key_inventory", {"repo": str(tmp_path), "anchor": anchor, "kind": "host",
-                                                  "recipient": r, "host": anchor})
+        return run_module("sops_key_inventory",
+                          {"repo": str(tmp_path), "anchor": anchor, "kind": "host", "recipient": r, "host": anchor})
 
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(one, recipients.items()))

@@ -34,8 +34,8 @@ def _armor(blob: bytes) -> bytes:
 def test_ssh_keygen_ed25519_key(tmp_path) -> None:
     private, public = _keygen(tmp_path, "-t", "ed25519", "-N", "", "-C", "root@griefling")
     key = openssh.parse_private_key(private)
-    assert (key.keytype, key.encrypted, key.comment, key.container) == ("ssh-ed25519", False, "root@griefling",
-                                                                         "openssh")
+    got = (key.keytype, key.encrypted, key.comment, key.container)
+    assert got == ("ssh-ed25519", False, "root@griefling", "openssh")
     assert key.public_line.split() == public.split()[:2]
     assert age.ssh_seed_recipient(key.seed) == age.ssh_public_key_to_recipient(public)
     assert "seed" not in repr(key) and private.splitlines()[1][:20] not in repr(key)
@@ -91,10 +91,10 @@ def _reencode(pem: bytes, edit) -> bytes:
     """The key with its private section changed by ``edit`` (structure kept, so only the edit is wrong)."""
     blob = _body(pem)
     off = len(b"openssh-key-v1\x00")
-    for _ in range(3):
-        _, off = openssh.read_string(blob, off)
-    _, after_pub = openssh.read_string(blob, off + 4)
-    private, _ = openssh.read_string(blob, after_pub)
+    for _unused in range(3):
+        _unused, off = openssh.read_string(blob, off)
+    _unused, after_pub = openssh.read_string(blob, off + 4)
+    private, _unused = openssh.read_string(blob, after_pub)
     return _armor(blob[:after_pub] + openssh.pack_string(edit(bytearray(private))))
 
 
@@ -161,7 +161,7 @@ def test_public_key_line_and_blob() -> None:
     assert blob == parsed.blob
     short = openssh.pack_string(b"ssh-ed25519") + openssh.pack_string(public[:31])
     with pytest.raises(openssh.MalformedKeyError, match="32 bytes"):
-        _ = openssh.parse_public_key("ssh-ed25519 " + base64.b64encode(short).decode()).ed25519
+        _unused = openssh.parse_public_key("ssh-ed25519 " + base64.b64encode(short).decode()).ed25519
 
 
 # The ed25519 public key of the all-zero seed (the loader checks the pair, so a wrong value fails the test).
@@ -185,6 +185,6 @@ pem = openssh.encode_ed25519_private_key(bytes(32), bytes.fromhex({ZERO_SEED_PUB
 key = age.load_ssh_private_key(pem)
 print(age.ssh_seed_recipient(key.seed) == age.ssh_private_key_to_recipient(pem))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"

@@ -98,7 +98,8 @@ def test_missing_character_and_missing_line(identity):
     with pytest.raises(paperkey.PaperKeyError, match="printed on 3 lines, 2 were given"):
         paperkey.parse_identity("\n".join(text.split("\n")[:2]))
     with pytest.raises(paperkey.PaperKeyError, match="numbered 3: type the lines in order"):
-        paperkey.parse_identity("\n".join([text.split("\n")[i] for i in (0, 2, 1)]))
+        lines = text.split("\n")
+        paperkey.parse_identity("\n".join([lines[i] for i in (0, 2, 1)]))
     with pytest.raises(paperkey.PaperKeyError, match="no break-glass key given"):
         paperkey.parse_identity("  ")
 

@@ -132,7 +132,7 @@ def test_revoke_acceptance(history_repo, sops_bin, tmp_path):
 
 
 def test_revoke_refuses_to_leave_a_rule_without_recipient(history_repo):
-    repo, admin, _, _ = history_repo
+    repo, admin, _unused, _unused = history_repo
     cfg = SopsConfig.load(repo.file(".sops.yaml"))
     cfg.ensure_rule(r"sops/only-griefling\.yaml$", anchors=[HOST])
     cfg.save()
@@ -143,7 +143,7 @@ def test_revoke_refuses_to_leave_a_rule_without_recipient(history_repo):
 
 
 def test_revoke_archive_check_mode_and_rotation_in_progress(history_repo, sops_bin):
-    repo, admin, _, keys = history_repo
+    repo, admin, _unused, keys = history_repo
     rotation.begin(repo.path, rotation.RotationSpec(host=HOST, kinds=["host"], user="rain"), admin)
     original = tree(repo.path)
     dry = revoke.revoke(repo.path, revoke.RevokeSpec(host=HOST, own_files="archive"), admin, check_mode=True)

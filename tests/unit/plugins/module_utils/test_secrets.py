@@ -211,7 +211,7 @@ def test_create_for_rule(repo, sops_bin):
 
 
 def test_create_honours_key_groups_shamir_and_options(tmp_path):
-    a, b, c = (age.generate_identity() for _ in range(3))
+    a, b, c = (age.generate_identity() for _unused in range(3))
     ra, rb, rc = (age.recipient_from_identity(i) for i in (a, b, c))
     (tmp_path / ".sops.yaml").write_text(
         "creation_rules:\n"

@@ -80,7 +80,7 @@ def healthy(root: str, **tree_args) -> dict:
     t.write("/var/lib/sops-nix/key.txt", age.format_identity_file(identity))
     user_identity = age.generate_identity()
     t.write("/home/rain/.config/sops/age/keys.txt", age.format_identity_file(user_identity))
-    deploy_private, _ = _ssh_key()
+    deploy_private, _unused = _ssh_key()
     t.write("/root/.ssh/nix-secrets-deploy", deploy_private)
     t.write("/root/.ssh/config", "Host nix-secrets\n  HostName github.com\n  IdentityFile ~/.ssh/nix-secrets-deploy\n")
     manifest = {
@@ -160,7 +160,7 @@ def test_parse_ssh_private_key_pkcs8_and_corrupt() -> None:
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     assert sops_nix_check.ssh_seed_recipient(parse_ssh_private_key(pkcs8).seed) == \
         age.ssh_public_key_to_recipient(public)
-    private, _ = _ssh_key()
+    private, _unused = _ssh_key()
     lines = private.splitlines()
     with pytest.raises(age.AgeKeyError):
         parse_ssh_private_key("\n".join(lines[:3] + lines[-1:]))
@@ -188,7 +188,8 @@ sys.meta_path.insert(0, Block())
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops_nix_check import verify
 print(json.dumps(verify(**json.loads(sys.argv[1]))))
 """
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(h["args"])], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(h["args"])], capture_output=True,
+                         text=True, check=False)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["ok"] and result["recipients"] == [h["host_recipient"]], result["faults"]
@@ -304,7 +305,7 @@ def test_reports_every_fault_not_just_the_first(tmp_path) -> None:
 
 def test_host_key_changed_against_sops_yaml(tmp_path) -> None:
     h = healthy(str(tmp_path))
-    args = dict(h["args"], expected_recipients=[age.recipient_from_identity(age.generate_identity())])
+    args = {**h["args"], "expected_recipients": [age.recipient_from_identity(age.generate_identity())]}
     result = verify(**args)
     assert {(f["check"], f["path"]) for f in result["faults"]} == {
         ("recipient", "/etc/ssh/ssh_host_ed25519_key"), ("recipient", "/var/lib/sops-nix/key.txt")}
@@ -349,7 +350,7 @@ def test_secret_owner_by_uid_and_unknown_user(tmp_path) -> None:
 
 def test_user_key_recipient_mismatch_and_garbage(tmp_path) -> None:
     h = healthy(str(tmp_path))
-    args = dict(h["args"], user_key=dict(h["args"]["user_key"], expected_recipient=h["host_recipient"]))
+    args = {**h["args"], "user_key": {**h["args"]["user_key"], "expected_recipient": h["host_recipient"]}}
     [fault] = verify(**args)["faults"]
     assert fault["check"] == "user_key" and "not the one registered for rain" in fault["message"]
     h["tree"].write("/home/rain/.config/sops/age/keys.txt", "not a key\n")
@@ -360,8 +361,8 @@ def test_user_key_recipient_mismatch_and_garbage(tmp_path) -> None:
 def test_deploy_keys_and_ssh_config(tmp_path) -> None:
     h = healthy(str(tmp_path))
     t = h["tree"]
-    args = dict(h["args"], deploy_keys=[{"path": "/root/.ssh/nix-secrets-deploy", "alias": "nix-secrets"},
-                                        {"path": "/root/.ssh/nix-config-deploy", "alias": "nix-config"}])
+    args = {**h["args"], "deploy_keys": [{"path": "/root/.ssh/nix-secrets-deploy", "alias": "nix-secrets"},
+                                         {"path": "/root/.ssh/nix-config-deploy", "alias": "nix-config"}]}
     result = verify(**args)
     paths = {(f["check"], f["path"]) for f in result["faults"]}
     assert paths == {("deploy_key", "/root/.ssh/nix-config-deploy"), ("ssh_config", "/root/.ssh/config")}
@@ -453,7 +454,7 @@ def sops_repo(tmp_path_factory, sops_bin) -> dict:
     host = age.generate_identity()
     other = age.generate_identity()
     host_r, other_r = age.recipient_from_identity(host), age.recipient_from_identity(other)
-    _, ssh_public = _ssh_key()
+    _unused, ssh_public = _ssh_key()
     (repo / "sops").mkdir()
     plain = {
         "sops/shared.yaml": "wifi:\n  psk: hunter2\n",
@@ -524,7 +525,7 @@ def _escape_tree(tmp_path) -> tuple[str, str]:
     f"/nix/store/{HASH}-source/..",
 ])
 def test_map_sops_file_never_leaves_the_repo(tmp_path, sops_file) -> None:
-    repo, _ = _escape_tree(tmp_path)
+    repo, _unused = _escape_tree(tmp_path)
     with pytest.raises(VerifyError, match="leads out of the secrets repo"):
         map_sops_file(sops_file, repo)
 

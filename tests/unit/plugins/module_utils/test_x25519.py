@@ -25,7 +25,7 @@ def test_rfc7748_vector_2_high_bit_masked() -> None:
 
 def test_rfc7748_iterated_1000() -> None:
     k = u = x25519.BASE_POINT
-    for _ in range(1000):
+    for _unused in range(1000):
         k, u = x25519.x25519(k, u), k
     assert k.hex() == "684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51"
 
@@ -41,8 +41,8 @@ def test_rfc7748_diffie_hellman() -> None:
     assert x25519.x25519(alice, bob_pub).hex() == shared == x25519.x25519(bob, alice_pub).hex()
 
 
-@pytest.mark.parametrize("_", range(25))
-def test_matches_cryptography(_: int) -> None:
+@pytest.mark.parametrize("_unused", range(25))
+def test_matches_cryptography(_unused: int) -> None:
     scalar = os.urandom(32)
     theirs = X25519PrivateKey.from_private_bytes(scalar).public_key().public_bytes_raw()
     assert x25519.public_key(scalar) == theirs

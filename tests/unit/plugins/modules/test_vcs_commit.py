@@ -18,10 +18,11 @@ def test_commit_then_nothing(tmp_path):
     git(repo, "config", "user.email", "t@example.invalid")
     git(repo, "config", "user.name", "t")
     (repo / "f.yaml").write_text("a: 1\n")
-    args = {"repo": str(repo), "paths": ["f.yaml"], "message": "chore(sops): add f"}
+    args = {"repo": str(repo), "paths": ["f.yaml"], "commit_message": "chore(sops): add f"}
     check = run_module_inproc("vcs_commit", args, check=True)
     assert check.changed and not check.failed
-    assert subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True).returncode != 0
+    assert subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                          check=False).returncode != 0
     first = run_module_inproc("vcs_commit", args)
     assert first.changed and first.result["commit"] == git(repo, "rev-parse", "HEAD").strip()
     second = run_module_inproc("vcs_commit", args)
@@ -30,5 +31,5 @@ def test_commit_then_nothing(tmp_path):
 
 
 def test_error_is_clear(tmp_path):
-    res = run_module_inproc("vcs_commit", {"repo": str(tmp_path), "paths": ["x"], "message": "m"})
+    res = run_module_inproc("vcs_commit", {"repo": str(tmp_path), "paths": ["x"], "commit_message": "m"})
     assert res.failed and "neither a git nor a jj repository" in res.msg

@@ -126,8 +126,8 @@ def test_truncated_enc_block(enc_file):
     del lines[begin + 2 : begin + 4]
     path.write_text("".join(lines))
     before = path.read_bytes()
-    for op in _all_ops(path, ident) + [lambda: S.updatekeys(str(path), [[recipient_from_identity(ident)],
-                                                                         ], [ident], shamir_threshold=None)]:
+    groups = [[recipient_from_identity(ident)]]
+    for op in _all_ops(path, ident) + [lambda: S.updatekeys(str(path), groups, [ident], shamir_threshold=None)]:
         try:
             op()
         except S.SopsDecryptError as exc:

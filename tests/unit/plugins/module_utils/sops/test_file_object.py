@@ -15,7 +15,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.age import generate_
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops import file as F
 from ansible_collections.nixfleet.sops.plugins.module_utils.sops import keygroups, sinks
 
-IDS = [generate_identity() for _ in range(3)]
+IDS = [generate_identity() for _unused in range(3)]
 RS = [recipient_from_identity(i) for i in IDS]
 DATA = {"user": "alice", "password": "hunter2", "nested": {"num": 1, "l": ["a", "b"]}}
 _ENC = re.compile(rb"(\w+): (ENC\[AES256_GCM,[^\]]+\])")
@@ -151,7 +151,7 @@ def test_create_then_set_then_write(tmp_path, sops_bin):
     key = tmp_path / "k.txt"
     key.write_text(IDS[0] + "\n" + IDS[2] + "\n")
     env = {**os.environ, "SOPS_AGE_KEY_FILE": str(key), "HOME": str(tmp_path)}
-    out = subprocess.run([sops_bin, "decrypt", "--output-type", "json", p], capture_output=True, env=env)
+    out = subprocess.run([sops_bin, "decrypt", "--output-type", "json", p], capture_output=True, env=env, check=False)
     assert out.returncode == 0, out.stderr
     assert b'"b": "v"' in out.stdout and b'"n": 3' in out.stdout
 

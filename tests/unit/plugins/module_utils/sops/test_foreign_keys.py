@@ -9,7 +9,7 @@ import pytest
 from ansible_collections.nixfleet.sops.plugins.module_utils import sops as S
 from ansible_collections.nixfleet.sops.plugins.module_utils.age import generate_identity, recipient_from_identity
 
-IDS = [generate_identity() for _ in range(3)]
+IDS = [generate_identity() for _unused in range(3)]
 RS = [recipient_from_identity(i) for i in IDS]
 FP = "A1E86A445438DBC4960AEAFE979B07E1A56A53C2"
 WHEN = "2026-12-01T15:58:24Z"
@@ -138,7 +138,7 @@ def test_shamir_groups_keep_their_other_keys_while_their_shares_stay(tmp_path):
         S.updatekeys(path, [[RS[0], RS[2]], RS[1:2], RS[:1]], IDS[:2])
     assert open(path, "rb").read() == before
     # Unless the rule drops it at the same time.
-    changed, _, removed = S.updatekeys(path, [[RS[0], RS[2]], RS[1:2], RS[:1]], IDS[:2], foreign=[{}, {}, {}])
+    changed, _unused, removed = S.updatekeys(path, [[RS[0], RS[2]], RS[1:2], RS[:1]], IDS[:2], foreign=[{}, {}, {}])
     assert changed and removed == {"pgp:" + FP}
     assert S.load(path).decrypt([IDS[0], IDS[1]]) == DATA
 

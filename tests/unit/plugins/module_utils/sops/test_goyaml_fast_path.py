@@ -7,7 +7,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.sops.stores import g
 
 
 def test_armored_age_files_take_the_literal_shortcut_that_the_full_analysis_agrees_with():
-    recipients = [pyrage.x25519.Identity.generate().to_public() for _ in range(5)]
+    recipients = [pyrage.x25519.Identity.generate().to_public() for _unused in range(5)]
     for n in range(300):
         enc = pyrage.encrypt(bytes([n % 256]) * 32, [recipients[n % 5]], armored=True).decode()
         assert goyaml._AGE_ARMOR_RE.fullmatch(enc)

@@ -20,7 +20,7 @@ RECIPIENT = recipient_from_identity(IDENT)
 def deadline(seconds: int):
     """Fail instead of hanging the suite (the bug being tested is a hang)."""
 
-    def boom(*_):
+    def boom(*_unused):
         raise TimeoutError(f"took more than {seconds}s")
 
     old = signal.signal(signal.SIGALRM, boom)
@@ -88,7 +88,7 @@ def test_a_few_aliases_are_fine(tmp_path):
     S.encrypt_file(str(path), {"x": "1"}, [[RECIPIENT]], rule_options={"unencrypted_regex": "."})
     text = path.read_text()
     path.write_text("base: &b {user: u, port: 22}\nh1: *b\nh2: *b\n" + text)
-    docs, _ = S.load(str(path)).store.load(path.read_bytes(), str(path))
+    docs, _unused = S.load(str(path)).store.load(path.read_bytes(), str(path))
     assert docs[0]["h2"] == {"user": "u", "port": 22}
 
 
@@ -192,7 +192,7 @@ def _flip_payload(armored: str) -> str:
 
 
 def _three(tmp_path):
-    ids = [generate_identity() for _ in range(3)]
+    ids = [generate_identity() for _unused in range(3)]
     rs = [recipient_from_identity(i) for i in ids]
     path = tmp_path / "s.yaml"
     S.encrypt_file(str(path), {"k": "v"}, [rs[:2]])

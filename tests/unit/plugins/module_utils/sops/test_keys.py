@@ -84,7 +84,7 @@ def test_sops_age_ssh_private_key_file(home):
 def test_default_ssh_id_ed25519(home):
     (home / "home" / ".ssh").mkdir()
     expected = _ssh_key(home / "home" / ".ssh" / "id_ed25519")
-    ids, _ = S.find_identities(env=base_env(home))
+    ids, _unused = S.find_identities(env=base_env(home))
     assert ids == [expected, (home / "home" / ".ssh" / "id_ed25519").read_text().strip() + "\n"]
 
 
@@ -95,13 +95,13 @@ def test_xdg_config_home_and_default_config(home):
     (xdg / "sops" / "age" / "keys.txt").write_text(a + "\n")
     (home / "home" / ".config" / "sops" / "age").mkdir(parents=True)
     (home / "home" / ".config" / "sops" / "age" / "keys.txt").write_text(b + "\n")
-    ids, _ = S.find_identities(env={**base_env(home), "XDG_CONFIG_HOME": str(xdg)})
+    ids, _unused = S.find_identities(env={**base_env(home), "XDG_CONFIG_HOME": str(xdg)})
     assert ids == [a]
-    ids, _ = S.find_identities(env=base_env(home))
+    ids, _unused = S.find_identities(env=base_env(home))
     assert ids == [b]
     # The user config file is read even when other sources are set, as sops does.
     c = generate_identity()
-    ids, _ = S.find_identities(env={**base_env(home), "SOPS_AGE_KEY": c})
+    ids, _unused = S.find_identities(env={**base_env(home), "SOPS_AGE_KEY": c})
     assert ids == [c, b]
 
 
@@ -151,7 +151,7 @@ def test_sops_age_key_cmd_output_that_is_not_a_key_says_so(home):
     assert "output is not an age identity" in line and "failed" not in line
     script = home / "out.py"
     script.write_text("print('hunter2')\n")
-    _, searched = S.find_identities(env={**base_env(home), "SOPS_AGE_KEY_CMD": f"{sys.executable} {script}"})
+    _unused, searched = S.find_identities(env={**base_env(home), "SOPS_AGE_KEY_CMD": f"{sys.executable} {script}"})
     assert any("output is not an age identity" in s for s in searched)
     assert not any("hunter2" in s for s in searched)
 
@@ -189,7 +189,7 @@ def test_passphrase_file_200_stanzas_ask_the_passphrase_source_once(home, tmp_pa
     protected = agefile.armor(_protect(a + "\n", b"s3cret"))
     cmd, asked = _counting(tmp_path, "s3cret")
     kr = keys.Keyring([protected], passphrase=SecretSource(command=cmd))
-    secrets = [os.urandom(32) for _ in range(200)]
+    secrets = [os.urandom(32) for _unused in range(200)]
     encs = [keys.wrap(s, recipient) for s in secrets]
     assert [kr.unwrap(recipient, e) for e in encs[:100]] == secrets[:100]
     assert kr.unwrap_many([(i, [(recipient, encs[i])]) for i in range(100, 200)]) == {

@@ -12,7 +12,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.sops.stores import g
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-IDS = [generate_identity() for _ in range(3)]
+IDS = [generate_identity() for _unused in range(3)]
 RS = [recipient_from_identity(i) for i in IDS]
 
 text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x85\u2028\u2029"),
