@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """What a large rekey prints: bytes and longest line of `playbooks/rekey.yml` output, default and -v.
 
 Builds a git secrets repository of N sops files (10 hosts, N/10 files each, plus a shared

@@ -13,6 +13,8 @@
 #
 #   ee/build-base.sh            build when missing or out of date
 #   ee/build-base.sh --force    always rebuild
+# The settings below are read by tools/debootstrap-image.sh, sourced further down.
+# shellcheck disable=SC2034
 set -euo pipefail
 
 # execution-environment.yml names this image (images.base_image).

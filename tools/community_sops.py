@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Put community.sops (the collection Ansible users already have) where the interop tests find it.
 
 Galaxy is often unreachable from CI; the `ansible` package on PyPI bundles community.sops, so the

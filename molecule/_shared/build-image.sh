@@ -6,6 +6,8 @@
 #
 #   molecule/_shared/build-image.sh            build when missing
 #   molecule/_shared/build-image.sh --force    always rebuild
+# The settings below are read by tools/debootstrap-image.sh, sourced further down.
+# shellcheck disable=SC2034
 set -euo pipefail
 
 IMAGE="${NIXFLEET_MOLECULE_IMAGE:-localhost/nixfleet-molecule:bookworm}"

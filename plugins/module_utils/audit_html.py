@@ -217,11 +217,11 @@ def render(report: dict[str, Any]) -> str:
     summary = (f"{s['hosts']} hosts in {len(s['by_group'])} groups, {s['files']} sops files, {s['anchors']} anchors: "
                f"<span class='error'>{s['errors']} errors</span>, <span class='warning'>{s['warnings']} warnings"
                f"</span>, {s['duplicate_recipients']} duplicate recipients, {s['keys_overdue']} keys past the policy.")
-    bar = ("<div id='bar'><input id='q' type='search' placeholder='filter: host, group, file, anchor, finding' "
-           "aria-label='filter'> <select id='sev' aria-label='severity'><option value=''>any severity</option>"
-           "<option value='error'>errors</option><option value='warning'>warnings or errors</option>"
-           "<option value='ok'>no findings</option></select><span id='shown'></span></div>")
+    filter_bar = ("<div id='bar'><input id='q' type='search' placeholder='filter: host, group, file, anchor, finding' "
+                  "aria-label='filter'> <select id='sev' aria-label='severity'><option value=''>any severity</option>"
+                  "<option value='error'>errors</option><option value='warning'>warnings or errors</option>"
+                  "<option value='ok'>no findings</option></select><span id='shown'></span></div>")
     return (f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{_e(report['title'])}</title>"
-            f"<style>{_CSS}</style></head><body><header><h1>{_e(report['title'])}</h1><p>{summary}</p>{bar}"
+            f"<style>{_CSS}</style></head><body><header><h1>{_e(report['title'])}</h1><p>{summary}</p>{filter_bar}"
             f"</header>{_groups(report, by_id)}{_duplicates(report, kinds)}{_files(report, by_id)}"
             f"{_anchors(report, by_id)}{_findings(report)}<script>{_JS}</script></body></html>\n")

@@ -202,7 +202,7 @@ def write(reports: list[tuple[str, str]], check_mode: bool = False) -> bool:
             staged.append((stage_write(path, text, default_mode=0o644, sync=False), path))
         commit_all(staged)
     except BaseException:
-        discard_staged([tmp for tmp, _ in staged])
+        discard_staged([tmp for tmp, _unused in staged])
         remove_made_dirs(made)
         raise
     return True

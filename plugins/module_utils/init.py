@@ -186,7 +186,8 @@ def _admin_key(key_file: str | None, recipient: str | None) -> tuple[Any, str | 
             return None, age.validate_recipient(recipient)
         except age.AgeKeyError as exc:
             raise InitError(f"admin_recipient: {exc} (give the admin's age1... recipient)") from None
-    assert key_file is not None
+    if key_file is None:
+        raise AssertionError("admin key: neither a key file nor a recipient")
     key = ensure_age_keypair(key_file, check_mode=True)
     return key, None if key.generated else key.public["recipient"]
 
@@ -249,7 +250,7 @@ def init_repo(
     res.config_before = config.text if config is not None else ""
     res.config_after = new_config.text.replace(planned, res.admin_recipient)
     res.kept = [rel for rel in (CONFIG_NAME, SHARED_FILE) if os.path.lexists(os.path.join(repo, rel))]
-    res.created += [rel for rel, _, _ in writes]
+    res.created += [rel for rel, _unused, _unused2 in writes]
 
     if not check_mode:
         _write(repo, writes, None if has_vcs else res.vcs, runner)
@@ -298,7 +299,7 @@ def _write(repo: str, writes: list[tuple[str, bytes, int]], new_vcs: str | None,
             staged.append((stage_write(path, data, default_mode=mode), resolve_write_target(path)))
         commit_all(staged)
     except BaseException:
-        discard_staged([tmp for tmp, _ in staged])
+        discard_staged([tmp for tmp, _unused in staged])
         if new_vcs:
             made = [d for d in made if d != repo]  # the repository is there now; a next run goes on in it
         remove_made_dirs(made)

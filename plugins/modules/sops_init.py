@@ -23,6 +23,12 @@ description:
   - A directory that holds anything else (or a C(.sops.yaml) naming another admin key) is refused with
     nothing changed, unless O(force). Even with O(force), an existing C(.sops.yaml), C(sops/shared.yaml) or
     key file is never replaced; only what is missing is added.
+requirements:
+  - cryptography >= 42
+  - pyrage >= 1.2
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
+  - PyYAML
 options:
   repo:
     description: The directory of the new secrets repository (created when missing).
@@ -67,7 +73,11 @@ attributes:
   idempotent:
     support: full
     description: A second run finds everything in place and changes nothing.
-author: nixfleet maintainers
+seealso:
+  - module: nixfleet.sops.age_keypair
+  - module: nixfleet.sops.sops_host_keys
+  - module: nixfleet.sops.vcs_commit
+author: nixfleet maintainers (@nixfleet)
 """
 
 EXAMPLES = r"""

@@ -41,7 +41,7 @@ def git(repo: str, *args: str) -> str:
 def ee_image() -> str:
     if shutil.which("podman") is None:
         pytest.fail("podman is not installed: make deps-test")
-    if subprocess.run(["podman", "image", "exists", IMAGE]).returncode != 0:
+    if subprocess.run(["podman", "image", "exists", IMAGE], check=False).returncode != 0:
         pytest.fail(f"{IMAGE} does not exist: build it with `make ee`")
     return IMAGE
 
@@ -55,7 +55,8 @@ def run_rekey(image: str, repo: str, keyfile: str) -> subprocess.CompletedProces
         "ansible-playbook", "nixfleet.sops.rekey",
         "-e", '{"nixfleet_secrets_repo": "/runner/nix-secrets", "nixfleet_identity_files": ["/runner/admin.txt"]}',
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
+                          check=False)
 
 
 def test_rekey_inside_the_execution_environment(tmp_path, sops_bin, ee_image):

@@ -293,8 +293,8 @@ case("sops_init", "key_fifo", ("fifo",))(lambda w: _init(w, admin_key_file=w.bad
 case("sops_init", "key_garbage", ("garbage",))(lambda w: _init(w, admin_key_file=w.bad["garbage"]))
 case("sops_init", "key_in_foreign_dir", ("hostile/theirs",))(
     lambda w: _init(w, admin_key_file=os.path.join(_foreign_dir(w), "keys.txt")))
-case("sops_init", "recipient", ("admin_recipient",))(lambda w: {**_init(w), "admin_key_file": None,
-                                                                 "admin_recipient": "age1nope"})
+case("sops_init", "recipient", ("admin_recipient",))(
+    lambda w: {**_init(w), "admin_key_file": None, "admin_recipient": "age1nope"})
 case("sops_init", "anchor", ("admin anchor",))(lambda w: _init(w, admin_anchor="a b"))
 
 

@@ -275,7 +275,7 @@ def failure_messages(run: PlaybookRun) -> list[str]:
 
 def git_state(path: str) -> tuple[str, str]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", path, *args], capture_output=True, text=True).stdout
+        return subprocess.run(["git", "-C", path, *args], capture_output=True, text=True, check=False).stdout
 
     return git("rev-parse", "HEAD"), git("status", "--porcelain", "--ignored")
 

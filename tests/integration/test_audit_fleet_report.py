@@ -92,8 +92,8 @@ def test_html_structure_matches_the_json(fleet):
         cells = re.search(r"<tr><td>(?:<a href=#g-\d+>)?" + re.escape(group.replace("<", "&lt;").replace(">", "&gt;"))
                           + r"(?:</a>)?</td><td>(\d+)</td><td>(\d+)</td><td[^>]*>(\d+)</td><td[^>]*>(\d+)</td>", text)
         assert cells, group
-        assert [int(c) for c in cells.groups()] == [counts[k] for k in ("hosts", "hosts_with_findings", "error",
-                                                                         "warning")]
+        wanted = ("hosts", "hosts_with_findings", "error", "warning")
+        assert [int(c) for c in cells.groups()] == [counts[k] for k in wanted]
     assert len(re.findall(r"data-text='web-007 [^']*'><td class='mono'>web-007</td>", text)) == 2  # web and prod
     assert HOSTILE not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text and page.scripts == 1
     assert "<img src=x" not in text and "AGE-SECRET-KEY" not in text

@@ -33,7 +33,7 @@ PLAYBOOK = """\
 @pytest.fixture(scope="module")
 def community_root() -> str:
     out = subprocess.run([sys.executable, os.path.join(REPO, "tools", "community_sops.py")],
-                         capture_output=True, text=True, stdin=subprocess.DEVNULL)
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
     if out.returncode != 0:
         pytest.fail(f"cannot fetch community.sops (run `make community-sops`): {out.stderr[-500:]}")
     return out.stdout.strip()
@@ -44,7 +44,7 @@ def test_community_sops_lookup_reads_what_sops_secret_wrote(tmp_path, community_
     path = repo.file("sops/alpha-1.yaml")
     value = "s3cret with spaces: and 'quotes'"
     res = run_module_inproc("sops_secret", {"path": path, "key": "db/password", "value": value,
-                                             "identity_files": [repo.keyfile("admin")]})
+                                            "identity_files": [repo.keyfile("admin")]})
     assert not res.failed and res.changed, res.msg
 
     book = tmp_path / "read.yml"

@@ -51,8 +51,8 @@ def test_content_option_is_no_log(tree) -> None:
 
 def test_a_symlinked_parent_fails_the_task_naming_it(tree, tmp_path) -> None:
     os.symlink(tmp_path, os.path.join(tree["root"], "home/rain/.config"))
-    res = run_module_inproc("target_file", {"root": tree["root"], "path": "/home/rain/.config", "state": "directory",
-                                     "mode": "0700"})
+    res = run_module_inproc("target_file", {"root": tree["root"], "path": "/home/rain/.config",
+                                            "state": "directory", "mode": "0700"})
     assert res.failed and "/home/rain/.config is a symbolic link" in res.msg and "refusing to follow it" in res.msg
     # src goes through the action plugin: real Ansible.
     res = run_module("target_file", {"root": tree["root"], "path": "/home/rain/.config/k", "src": tree["src"],
