@@ -34,6 +34,7 @@ options:
     description: The directory of the new secrets repository (created when missing).
     type: path
     required: true
+    aliases: [secrets_repo]
   vcs:
     description: The version control of a new repository. An existing repository keeps its own.
     type: str
@@ -153,7 +154,7 @@ from ansible_collections.nixfleet.sops.plugins.module_utils.module_support impor
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            repo=dict(type="path", required=True),
+            repo=dict(type="path", required=True, aliases=["secrets_repo"]),
             vcs=dict(type="str", choices=["git", "jj"], default="git"),
             admin_key_file=dict(type="path"),
             admin_recipient=dict(type="str"),
