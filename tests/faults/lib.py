@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,3 +143,28 @@ def assert_clear_failure(res: Any, *needles: str) -> None:
         assert re.search(needle, msg), f"{needle!r} not in {msg!r}"
     for text in (res.stdout, res.stderr, repr(res.result)):
         assert not SECRET_RE.search(text), f"key material in the output: {text[:300]}"
+
+
+Args = Callable[["World"], dict[str, Any]]
+
+
+class Cases(list):
+    """The bad-input cases of a test module: (id, module, args(world), needles), registered with ``case``."""
+
+    def case(self, module: str, name: str, needles: tuple[str, ...]) -> Callable[[Args], Args]:
+        """Register ``args(world)`` as a bad-input case of ``module`` whose error must match ``needles``."""
+
+        def add(fn: Args) -> Args:
+            self.append((f"{module}:{name}", module, fn, needles))
+            return fn
+
+        return add
+
+
+def assert_bad_input_changes_nothing(world: World, module: str, args: Args, needles: tuple[str, ...]) -> None:
+    """Run ``module`` in-process with ``args(world)``: one clear line naming ``needles``, and no file changed."""
+    params = args(world)
+    before = world.snapshot()
+    res = run_inproc(module, params)
+    assert_clear_failure(res, *needles)
+    assert world.snapshot() == before

@@ -15,18 +15,18 @@ from typing import Any
 import pytest
 from ansible_collections.nixfleet.sops.plugins.module_utils import age
 
-from tests.faults.lib import NOBODY, World, assert_clear_failure, flip, make_world, run_inproc
+from tests.faults.lib import (
+    NOBODY,
+    Args,
+    Cases,
+    World,
+    assert_bad_input_changes_nothing,
+    flip,
+    make_world,
+)
 
-Args = Callable[[World], dict[str, Any]]
-CASES: list[tuple[str, str, Args, tuple[str, ...]]] = []
-
-
-def case(module: str, name: str, needles: tuple[str, ...]) -> Callable[[Args], Args]:
-    def add(fn: Args) -> Args:
-        CASES.append((f"{module}:{name}", module, fn, needles))
-        return fn
-
-    return add
+CASES = Cases()
+case = CASES.case
 
 
 def _repo_cases(module: str, base: Args | Callable[..., dict[str, Any]]) -> None:
@@ -217,8 +217,4 @@ def world(tmp_path):
 
 @pytest.mark.parametrize("module,args,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_line_and_changes_nothing(world, module, args, needles):
-    params = args(world)
-    before = world.snapshot()
-    res = run_inproc(module, params)
-    assert_clear_failure(res, *needles)
-    assert world.snapshot() == before
+    assert_bad_input_changes_nothing(world, module, args, needles)
