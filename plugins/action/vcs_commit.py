@@ -9,29 +9,24 @@ argument_spec), so the module takes ``commit_message``. Playbooks written for ea
 
 from __future__ import annotations
 
-from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
+from ansible_collections.nixfleet.sops.plugins.plugin_utils.controller_module import ControllerModuleAction
 
 OLD = "message"
 NEW = "commit_message"
 
 
-class ActionModule(ActionBase):
-    """Rename ``message`` to ``commit_message``; everything else goes through unchanged."""
+class ActionModule(ControllerModuleAction):
+    """Rename ``message`` to ``commit_message``; everything else goes through unchanged (and, on the
+    controller, without AnsiballZ: see plugins/plugin_utils/controller_module.py)."""
 
-    TRANSFERS_FILES = False
-
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
+    def module_args(self):
         args = dict(self._task.args)
         if OLD in args:
             if NEW in args:
-                return dict(result, failed=True,
-                            msg=f"vcs_commit: give only {NEW} (the option's name); {OLD} is its deprecated old name")
+                return args, f"vcs_commit: give only {NEW} (the option's name); {OLD} is its deprecated old name"
             Display().deprecated(
                 f"nixfleet.sops.vcs_commit: the option {OLD!r} is renamed {NEW!r} ({OLD!r} is reserved by Ansible)",
                 version="1.0.0", collection_name="nixfleet.sops")
             args[NEW] = args.pop(OLD)
-        result.update(self._execute_module(module_name="nixfleet.sops.vcs_commit", module_args=args,
-                                           task_vars=task_vars))
-        return result
+        return args, None
