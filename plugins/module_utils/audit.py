@@ -33,7 +33,7 @@ FIXES = {
     "host_without_key": "bootstrap the host: ansible-playbook playbooks/bootstrap.yml -l HOST",
     "key_too_old": "rotate it: ansible-playbook playbooks/rotate_keys.yml -l HOST -e nixfleet_rotate=due",
     "break_glass_missing": "add the break-glass anchor to every rule and rekey (playbooks/break_glass.yml)",
-    "broken_stanza": "run playbooks/rekey.yml: it wraps the data key again for every recipient (as sops updatekeys)",
+    "broken_stanza": "run playbooks/rekey.yml: it wraps the data key again for each recipient whose stanza is broken",
     "duplicate_recipient": "give each anchor its own key: remove the copy (nixfleet.sops.sops_recipient state=absent) "
     "or rotate one of them, then rekey; revoking one anchor leaves the key able to open files through the other",
     "host_recipient_unusable": "give the host its SSH host key's age1… recipient (nixfleet.sops.ssh_to_age) or an "

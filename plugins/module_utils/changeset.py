@@ -178,7 +178,8 @@ class Changeset:
     # ------------------------------------------------------------------ staging
     def _own_to_rule(self, rel: str, sf: engine.SopsFile, rotate_lost: bool) -> None:
         rule = self.config.rule_for(self.path(rel))
-        sf.updatekeys(rule.key_groups, shamir_threshold=rule.shamir_threshold, foreign=rule.foreign)
+        # Sound stanzas stay, new ones for the recipients added (SopsFile.updatekeys, as a fleet rekey does).
+        sf.updatekeys(rule.key_groups, shamir_threshold=rule.shamir_threshold, foreign=rule.foreign, rewrap_all=False)
         before, after = self._readers_before[rel], _readers(sf)
         lost = sorted(before - after)
         if rotate_lost and lost and sf.raw is not None:

@@ -349,6 +349,7 @@ class Job:
     threshold: int | None = None
     foreign: list[dict[str, list[str]]] | None = None
     rotate: bool = False
+    rewrap_all: bool = False  # wrap for every recipient (sops updatekeys), not only the added and broken ones
 
 
 def _work_one(args: tuple[Job, tuple[str, ...] | None, bool, str | None]) -> dict[str, Any]:
@@ -359,7 +360,8 @@ def _work_one(args: tuple[Job, tuple[str, ...] | None, bool, str | None]) -> dic
         sf = open_sops_file(job.path).unlock(_keyring(identities))
         changed, added, removed = False, set(), set()
         if job.groups is not None:
-            changed, added, removed = sf.updatekeys(job.groups, shamir_threshold=job.threshold, foreign=job.foreign)
+            changed, added, removed = sf.updatekeys(job.groups, shamir_threshold=job.threshold, foreign=job.foreign,
+                                                    rewrap_all=job.rewrap_all)
         if job.rotate:
             sf.rotate()
             changed = True
@@ -570,14 +572,15 @@ def _refuse_unreadable(what: str, plan: Plan, rels: Iterable[str] | None, contin
                          [{"path": u["path"], "error": u["error"]} for u in bad])
 
 
-def rekey_jobs(plan: Plan, rotate_lost: bool = False) -> list[Job]:
+def rekey_jobs(plan: Plan, rotate_lost: bool = False, rewrap_all: bool = False) -> list[Job]:
     """A job per file whose recipients differ from its rule; ``rotate_lost`` also rotates the data key
-    of a file that loses a recipient (revocation: whoever had the old data key must not read new values)."""
+    of a file that loses a recipient (revocation: whoever had the old data key must not read new values);
+    ``rewrap_all`` wraps the data key afresh for every recipient of a file that changes (SopsFile.updatekeys)."""
     bad = sorted({fp.error for fp in plan.changed() if fp.error})
     if bad:
         raise FleetError("rekey refused: " + ", ".join(bad) + ". Fix .sops.yaml first.")
-    return [Job(fp.path, fp.rel, fp.wanted, fp.wanted_threshold, fp.foreign, rotate=rotate_lost and bool(fp.removed))
-            for fp in plan.changed()]
+    return [Job(fp.path, fp.rel, fp.wanted, fp.wanted_threshold, fp.foreign, rotate=rotate_lost and bool(fp.removed),
+                rewrap_all=rewrap_all) for fp in plan.changed()]
 
 
 def rekey(
@@ -592,6 +595,7 @@ def rekey(
     rotate_lost: bool = False,
     files: Sequence[str] | None = None,
     plan_only_above: int | None = None,
+    rewrap_all: bool = False,
 ) -> OpResult:
     """Bring every sops file to the recipients its creation rule names (``sops updatekeys`` for the fleet).
 
@@ -604,7 +608,9 @@ def rekey(
     a plan already made; ``files`` (relative paths) limits the rekey to those.
     When more than ``plan_only_above`` files need a change, nothing is written:
     the result is the check-mode plan (``planned``), for the caller to rekey in
-    batches of ``files``, reporting progress between them.
+    batches of ``files``, reporting progress between them. A file that changes
+    keeps its sound stanzas and gets new ones for the recipients added and any
+    broken one, unless ``rewrap_all`` (every stanza afresh, as sops does).
     """
     repo = os.path.abspath(repo)
     if plan is None:
@@ -612,7 +618,7 @@ def rekey(
     elif config is not None:
         plan = plan.with_config(config)
     ids = tuple(identities) if identities is not None else None
-    jobs = rekey_jobs(plan, rotate_lost)
+    jobs = rekey_jobs(plan, rotate_lost, rewrap_all)
     _refuse_unreadable("rekey", plan, None, continue_on_error)
     planned = not check_mode and plan_only_above is not None and len(jobs) > plan_only_above
     dry = check_mode or planned

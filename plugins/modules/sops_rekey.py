@@ -47,6 +47,16 @@ options:
         O(files), showing progress between them, as C(playbooks/rekey.yml) does.
       - Unset, every file is done in this one run.
     type: int
+  rewrap_all:
+    description:
+      - In a file that changes, wrap the data key afresh for every recipient, as C(sops updatekeys) does.
+      - By default only the recipients added, and any whose stanza is structurally broken (bad armor, header,
+        base64 or size), get a new stanza; the sound stanzas of recipients that stay are kept. That is one age
+        encryption per recipient added instead of one per recipient, and no plugin (YubiKey) run for those kept.
+      - What only V(true) repairs is a stanza that is well-formed but does not decrypt, which only its
+        recipient's key could tell (C(playbooks/verify.yml) on the host does).
+    type: bool
+    default: false
   continue_on_error:
     description: Rekey the files that can be opened and list the others as failed, instead of writing nothing.
     type: bool
@@ -160,6 +170,7 @@ def main() -> None:
             files=dict(type="list", elements="str"),
             plan_only_above=dict(type="int"),
             **IDENTITY_ARGS,
+            rewrap_all=dict(type="bool", default=False),
             continue_on_error=dict(type="bool", default=False),
             workers=dict(type="int"),
         ),
@@ -172,7 +183,7 @@ def main() -> None:
         lock = repo_lock(p["repo"], purpose="sops_rekey", require=".sops.yaml")
         with lock if not module.check_mode else nullcontext():
             return fleet.rekey(p["repo"], ids, p["include"], module.check_mode, p["continue_on_error"], p["workers"],
-                               files=p["files"], plan_only_above=p["plan_only_above"])
+                               files=p["files"], plan_only_above=p["plan_only_above"], rewrap_all=p["rewrap_all"])
 
     res = run_guarded(module, work)
     exit_fleet_op(module, res, "rekey", p["repo"], p["continue_on_error"])

@@ -39,10 +39,11 @@ On a ``SopsFile`` (``sf``):
     ``sf.tree -> dict`` (the first document), ``sf.get(keypath)``,
     ``sf.set(keypath, value) -> bool``, ``sf.unset(keypath) -> bool``,
     ``sf.replace(data) -> bool`` (whole content; bytes for binary files),
-    ``sf.updatekeys(key_groups, shamir_threshold=None, foreign=None) -> (changed, added, removed)``
+    ``sf.updatekeys(key_groups, shamir_threshold=None, foreign=None, rewrap_all=True) -> (changed, added, removed)``
     (same data key; when the groups or threshold differ, another master key
     goes, or a kept recipient's stanza is structurally broken, every age
-    stanza is wrapped afresh, as sops does, which repairs a corrupt one).
+    stanza is wrapped afresh, as sops does, which repairs a corrupt one;
+    ``rewrap_all=False``, as a fleet rekey does, keeps the sound stanzas).
     ``foreign`` is per key group ``{kind: [identifier]}`` as ``.sops.yaml``
     names them (pgp fingerprint, kms ARN[+role], gcp_kms resource id,
     azure_keyvault URL, hc_vault_transit_uri, hckms key id): kept when the file

@@ -285,6 +285,7 @@ class SopsFile:
         key_groups: list[list[str]],
         shamir_threshold: int | None = None,
         foreign: list[dict[str, Any]] | None = None,
+        rewrap_all: bool = True,
     ) -> tuple[bool, set[str], set[str]]:
         """Wrap the same data key for ``key_groups`` (``sops updatekeys -y``).
 
@@ -295,6 +296,13 @@ class SopsFile:
         repairs a corrupt one. Values, ``mac`` and ``lastmodified`` stay; only
         the metadata block changes (every other byte of the file is kept). The
         data key is unwrapped (from age stanzas) only when something changes.
+
+        ``rewrap_all=False`` (a fleet rekey) wraps only for the recipients
+        added and those whose stanza is structurally broken, and keeps the
+        sound stanzas of a group whose share of the data key stays: one age
+        encryption per added recipient instead of one per recipient. What it
+        cannot repair is a stanza that is well-formed but does not decrypt
+        (only its recipient's key could tell); ``rewrap_all`` does.
 
         ``foreign`` gives the other master keys the rule names, per key group:
         ``{"pgp": [fingerprint], "kms": [arn], "gcp_kms": [resource id],
@@ -319,7 +327,8 @@ class SopsFile:
         old_all = set().union(*old_sets) if old_sets else set()
         new_all = set().union(*new_sets)
         threshold = min(shamir_threshold or meta.shamir_threshold, len(groups))
-        broken = any(p.group < len(groups) and p.recipient in groups[p.group] for p in meta.stanza_problems())
+        problems = {(p.group, p.recipient) for p in meta.stanza_problems()}
+        broken = any(g < len(groups) and r in groups[g] for g, r in problems)
         if old_sets == new_sets and threshold == meta.shamir_threshold and not broken and not dropped:
             return False, set(), set()
         key = self.data_key()
@@ -335,7 +344,10 @@ class SopsFile:
                 f"them: sops updatekeys {self.path}", self.path)
         new_meta = copy.copy(meta)
         new_meta.shamir_threshold = threshold
-        new_meta.key_groups = wrap_groups(shares, groups)
+        keep = None if rewrap_all or not same else [
+            {st.recipient: st for st in old if (gi, st.recipient) not in problems}
+            for gi, old in enumerate(meta.key_groups)]
+        new_meta.key_groups = wrap_groups(shares, groups, keep)
         new_meta.foreign = kept
         self.metadata = new_meta
         self._parts = dict(enumerate(shares))  # what the new groups hold, for a later change
@@ -492,10 +504,11 @@ def updatekeys(
     dry_run: bool = False,
     sink: Sink | None = None,
     foreign: list[dict[str, Any]] | None = None,
+    rewrap_all: bool = True,
 ) -> tuple[bool, set[str], set[str]]:
     """``sops updatekeys -y`` on one file (see SopsFile.updatekeys); ``sink`` receives the new bytes."""
     sf = SopsFile.open(path).unlock(identities)
-    result = sf.updatekeys(key_groups, shamir_threshold, foreign)
+    result = sf.updatekeys(key_groups, shamir_threshold, foreign, rewrap_all)
     sf.write(_sink(dry_run, sink))
     return result
 

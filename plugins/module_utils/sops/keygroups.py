@@ -139,7 +139,16 @@ def shares_for(
     return shamir.split(key, n, threshold), False
 
 
-def wrap_groups(shares: list[bytes], groups: list[list[str]]) -> list[list[AgeStanza]]:
+def wrap_groups(shares: list[bytes], groups: list[list[str]],
+                keep: list[dict[str, AgeStanza]] | None = None) -> list[list[AgeStanza]]:
     """One age stanza per recipient, each wrapping its group's share afresh (as ``sops updatekeys`` does:
-    a kept recipient whose ``enc`` was corrupt is repaired)."""
-    return [[AgeStanza(r, wrap(shares[gi], r)) for r in group] for gi, group in enumerate(groups)]
+    a kept recipient whose ``enc`` was corrupt is repaired).
+
+    ``keep`` (per group, recipient -> its current stanza) reuses those stanzas instead: the caller
+    passes only sound stanzas of a group whose share did not change, so they still open it.
+    """
+    def stanza(gi: int, r: str) -> AgeStanza:
+        kept = keep[gi].get(r) if keep is not None and gi < len(keep) else None
+        return kept if kept is not None else AgeStanza(r, wrap(shares[gi], r))
+
+    return [[stanza(gi, r) for r in group] for gi, group in enumerate(groups)]

@@ -6,7 +6,7 @@ sops wraps the data key (or a Shamir share) for each recipient separately:
 an ASCII-armored age file (lines of 64 columns) whose header holds exactly
 one stanza of the recipient's type (besides rage's "grease" stanzas) and whose payload holds the 32-byte key
 (33 bytes for a share). A stanza that fails this check cannot be opened by
-its recipient, so the file needs a rekey (which wraps every stanza afresh).
+its recipient, so the file needs a rekey (which wraps the data key again for it).
 Recipient types this module does not know (age plugins) are only checked for
 the parts every age file has.
 """

@@ -219,3 +219,56 @@ def test_collect_identities(tmp_path, repo):
     with pytest.raises(fleet.FleetError, match=r"age_keys\[0\]") as err:
         fleet.collect_identities([], ["AGE-SECRET-KEY-1BROKEN"])
     assert "BROKEN" not in str(err.value)
+
+
+def _encs(path):
+    return {st.recipient: st.enc for g in engine.load(path).metadata.key_groups for st in g}
+
+
+def _truncate_enc(path, recipient):
+    """Cut the last line of ``recipient``'s armored payload: a structurally broken stanza."""
+    sf = engine.load(path)
+    for group in sf.metadata.key_groups:
+        for st in group:
+            if st.recipient == recipient:
+                lines = st.enc.rstrip("\n").split("\n")
+                broken = "\n".join(lines[:-3] + lines[-2:]) + "\n"
+                text = open(path).read()
+                indent = "\n" + " " * 12
+                old, new = indent.join(st.enc.rstrip("\n").split("\n")), indent.join(broken.rstrip("\n").split("\n"))
+                assert old in text
+                with open(path, "w") as fh:
+                    fh.write(text.replace(old, new))
+    assert [p.recipient for p in engine.load(path).metadata.stanza_problems()] == [recipient]
+
+
+def test_rekey_keeps_sound_stanzas_and_wraps_for_the_added_and_the_broken(repo, sops_bin):
+    path = repo.file("sops/shared.yaml")
+    _truncate_enc(path, repo.recipient("beta"))
+    before = _encs(path)
+    newcomer = age.generate_identity()
+    repo.identities["newcomer"] = newcomer
+    _add_member(repo, r"sops/shared\.yaml$", "newcomer", age.recipient_from_identity(newcomer))
+    res = fleet.rekey(repo.path, [repo.identities["admin"]])
+    assert res.changed_files == ["sops/shared.yaml"]
+    after = _encs(path)
+    kept = {r for r in before if after.get(r) == before[r]}
+    assert kept == {repo.recipient(a) for a in ("admin", "alpha", "gamma")}, "sound stanzas were wrapped again"
+    assert after[repo.recipient("beta")] != before[repo.recipient("beta")], "the broken stanza was kept"
+    assert engine.load(path).metadata.stanza_problems() == []
+    for anchor in ("admin", "alpha", "beta", "gamma", "newcomer"):
+        out = sops_decrypt(sops_bin, path, repo.keyfile(anchor))
+        assert out.returncode == 0 and "hunter2" in out.stdout, (anchor, out.stderr)
+
+
+def test_rekey_rewrap_all_wraps_every_stanza_afresh_as_sops_does(repo, sops_bin):
+    path = repo.file("sops/shared.yaml")
+    before = _encs(path)
+    newcomer = age.generate_identity()
+    repo.identities["newcomer"] = newcomer
+    _add_member(repo, r"sops/shared\.yaml$", "newcomer", age.recipient_from_identity(newcomer))
+    assert fleet.rekey(repo.path, [repo.identities["admin"]], rewrap_all=True).changed_files == ["sops/shared.yaml"]
+    after = _encs(path)
+    assert not [r for r in before if after[r] == before[r]], "a stanza was kept"
+    for anchor in ("admin", "alpha", "newcomer"):
+        assert sops_decrypt(sops_bin, path, repo.keyfile(anchor)).returncode == 0, anchor
