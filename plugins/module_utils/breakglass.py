@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import stat
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +45,7 @@ from .fsutil import (
     check_output_dir,
     check_private_dir,
     ensure_private_dir,
+    exposed_mode,
     read_regular,
     repo_lock,
 )
@@ -470,9 +470,8 @@ def _new_admin_key(key_file: str | None, recipient: str | None, check_mode: bool
                               "(admin_recipient)")
     check_private_dir(os.path.dirname(os.path.abspath(key_file)))
     if os.path.lexists(key_file):
-        st = os.lstat(key_file)
-        mode = stat.S_IMODE(st.st_mode)
-        if stat.S_ISREG(st.st_mode) and mode & 0o077:
+        mode = exposed_mode(key_file)
+        if mode is not None:
             # Others may already hold a copy: such a key must not become the fleet's new admin key.
             raise BreakGlassError(f"admin_key_file {key_file} has mode {mode:04o} (others can read it): point "
                                   "admin_key_file at a new file (it is created 0600), or chmod 600 it if nobody "

@@ -455,6 +455,17 @@ def check_private_dir(path: str) -> bool:
     return True
 
 
+def exposed_mode(path: str) -> int | None:
+    """The mode of the regular file ``path`` when its group or others have any access (a private key
+    others may already have copied), else None; None too when ``path`` does not exist."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    mode = stat.S_IMODE(st.st_mode)
+    return mode if stat.S_ISREG(st.st_mode) and mode & 0o077 else None
+
+
 def check_output_dir(path: str, what: str) -> bool:
     """True when ``path`` is a plain directory only we (or root) can write, False when it is missing;
     UnsafePathError naming ``what`` goes there otherwise. Checked before any change is made."""

@@ -41,6 +41,7 @@ from .fsutil import (
     LOCK_NAME,
     commit_all,
     discard_staged,
+    exposed_mode,
     is_staged_temp,
     make_dirs,
     remove_made_dirs,
@@ -188,6 +189,11 @@ def _admin_key(key_file: str | None, recipient: str | None) -> tuple[Any, str | 
             raise InitError(f"admin_recipient: {exc} (give the admin's age1... recipient)") from None
     if key_file is None:
         raise AssertionError("admin key: neither a key file nor a recipient")
+    mode = exposed_mode(key_file)
+    if mode is not None:
+        # Others may already hold a copy: such a key must not become the admin key of a new repository.
+        raise InitError(f"admin_key_file {key_file} has mode {mode:04o} (others can read it): point admin_key_file "
+                        "at a new file (it is created 0600), or chmod 600 it if nobody else can have read it")
     key = ensure_age_keypair(key_file, check_mode=True)
     return key, None if key.generated else key.public["recipient"]
 

@@ -173,3 +173,16 @@ def test_module_check_then_run_then_check(tmp_path):
         assert "AGE-SECRET-KEY-" not in r.stdout
     bad = run_module_inproc("sops_init", {**args, "admin_recipient": "age1nope"})
     assert bad.failed and "mutually exclusive" in bad.msg
+
+
+def test_an_admin_key_file_others_can_read_is_refused_and_nothing_is_made(tmp_path):
+    key = tmp_path / "keys.txt"
+    key.write_text(age.format_identity_file(age.generate_identity()))
+    key.chmod(0o644)
+    before = snapshot(str(tmp_path))
+    for check_mode in (True, False):
+        with pytest.raises(init.InitError, match=r"keys\.txt has mode 0644 \(others can read it\).*chmod 600"):
+            init.init_repo(str(tmp_path / "r"), admin_key_file=str(key), check_mode=check_mode)
+    assert snapshot(str(tmp_path)) == before
+    key.chmod(0o600)
+    assert init.init_repo(str(tmp_path / "r"), admin_key_file=str(key)).changed
