@@ -19,6 +19,7 @@ staged file is renamed into place, all or none (``fsutil.commit_all``).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import re
@@ -113,6 +114,25 @@ def _read_state(job: tuple[str, str]) -> FileState:
         _OPENED[path] = (ident, sf)
     return FileState(rel, "sops", meta.recipients, meta.shamir_threshold, meta.foreign_keys,
                      [(p.group, p.recipient) for p in meta.stanza_problems()])
+
+
+# Set by Plan.scan while workers read: (the scanning process, its config, repository, strict). A worker
+# sends back the file it parsed when the file needs a change, so the rekey that follows (in processes
+# forked from the scanning one) does not read and check it again.
+_SCAN: tuple[int, Any, str, bool] | None = None
+
+
+def _scan_one(job: tuple[str, str]) -> tuple[FileState, tuple[tuple[int, int, int, int], engine.SopsFile] | None]:
+    """_read_state, and in a worker the opened file when its rule asks for a change (else None)."""
+    st = _read_state(job)
+    if _SCAN is None or os.getpid() == _SCAN[0] or st.kind != "sops":
+        return st, None
+    kept = _OPENED.pop(os.path.join(*job), None)
+    try:
+        plan = Plan(_SCAN[2], _SCAN[1], [st], _SCAN[3])
+        return st, kept if plan.files and plan.files[0].needs_change else None
+    except Exception:  # noqa: BLE001 - the parent plans again and reports what is wrong
+        return st, None
 
 
 def _map(fn: Callable[[Any], Any], items: list[Any], workers: int | None) -> list[Any]:
@@ -224,7 +244,19 @@ class Plan:
         rels = iter_candidate_files(repo, include, files)
         # Reading metadata costs ~0.2 ms a file: processes only pay off for very large repositories.
         many = workers if workers is not None else (None if len(rels) >= _SCAN_PARALLEL_FILES else 1)
-        return cls(repo, config, _map(_read_state, [(repo, r) for r in rels], many), strict)
+        # The rule matcher is built here, once, before workers fork (each would build its own).
+        with contextlib.suppress(SopsConfigError):
+            config.rule_for(config_path(repo))
+        global _SCAN
+        _SCAN = (os.getpid(), config, repo, strict)
+        try:
+            results = _map(_scan_one, [(repo, r) for r in rels], many)
+        finally:
+            _SCAN = None
+        for st, kept in results:
+            if kept is not None and len(_OPENED) < _OPENED_MAX:
+                _OPENED[os.path.join(repo, st.rel)] = kept
+        return cls(repo, config, [st for st, _unused in results], strict)
 
     def with_config(self, config: SopsConfig) -> Plan:
         """The same files matched against another ``.sops.yaml`` text (pending edits): no file is read."""

@@ -190,6 +190,29 @@ def test_parallel_and_serial_agree(tmp_path):
     assert fleet.rekey(repo.path, [repo.identities["admin"]], workers=2).changed_files == []
 
 
+def test_parallel_rekey_reads_each_file_once(tmp_path, monkeypatch):
+    """The workers that read the metadata hand the files that need a change to the rekey that follows."""
+    import multiprocessing
+
+    repo = make_repo(str(tmp_path), hosts=("a", "b"), files_per_host=40, git=False)
+    _add_member(repo, r"sops/a(-\d+)?\.yaml$", "x", age.recipient_from_identity(age.generate_identity()))
+    opened = multiprocessing.Value("i", 0)
+    real_open = engine.SopsFile.open.__func__
+
+    def counting(cls, path, *args, **kwargs):
+        with opened.get_lock():
+            opened.value += 1
+        return real_open(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(engine.SopsFile, "open", classmethod(counting))
+    fleet._OPENED.clear()
+    res = fleet.rekey(repo.path, [repo.identities["admin"]], workers=2)
+    assert len(res.changed_files) == 40
+    assert opened.value == len(fleet.iter_candidate_files(repo.path)), opened.value  # 81 sops files + README
+    x = SopsConfig.load(repo.file(".sops.yaml")).anchors()["x"].recipient
+    assert all(x in engine.load(repo.file(rel)).recipients[0] for rel in res.changed_files)
+
+
 def test_lock_names_the_holder(repo):
     entered, release = threading.Event(), threading.Event()
 
