@@ -49,6 +49,9 @@ _PARALLEL_THRESHOLD = 64
 # From this many files, reading their metadata in one process per core pays for starting them (~0.2 ms a
 # file against ~40 ms for the pool): a 2,000-file no-op rekey reads in 0.3 s instead of 0.5 s on 2 cores.
 _SCAN_PARALLEL_FILES = 1000
+# Up to this many files, workers hand the parsed files that need a change back to the scanning process
+# (memory: tens of kB each); above it, the rekey reads them again, as a batch of rekey.yml does anyway.
+_SCAN_HANDOFF_FILES = 5000
 
 
 class FleetError(NixfleetError, RuntimeError):
@@ -242,13 +245,12 @@ class Plan:
         if strict:
             check_rules(config)
         rels = iter_candidate_files(repo, include, files)
-        # Reading metadata costs ~0.2 ms a file: processes only pay off for very large repositories.
         many = workers if workers is not None else (None if len(rels) >= _SCAN_PARALLEL_FILES else 1)
         # The rule matcher is built here, once, before workers fork (each would build its own).
         with contextlib.suppress(SopsConfigError):
             config.rule_for(config_path(repo))
         global _SCAN
-        _SCAN = (os.getpid(), config, repo, strict)
+        _SCAN = (os.getpid(), config, repo, strict) if len(rels) <= _SCAN_HANDOFF_FILES else None
         try:
             results = _map(_scan_one, [(repo, r) for r in rels], many)
         finally:
