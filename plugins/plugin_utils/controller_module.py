@@ -108,7 +108,7 @@ class ControllerModuleAction(ActionBase):
 
     def runs_here(self, task_vars: dict[str, Any]) -> bool:
         """True when Ansible would run the module on this machine, as this user, and wait for it."""
-        if not boolean(task_vars.get(OPT_OUT, True), strict=False):
+        if not boolean(self._templar.template(task_vars.get(OPT_OUT, True)), strict=False):
             return False
         return (getattr(self._connection, "transport", None) == "local" and not self._play_context.become
                 and not self._task.async_val)

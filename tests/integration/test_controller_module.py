@@ -63,7 +63,9 @@ def test_same_result_as_through_ansiballz_in_check_mode_and_for_real(tmp_path, s
     play = _play(tmp_path, repo, repo.keyfile("admin"))
     results = {}
     for in_process in (True, False):
-        run = run_playbook(play, check=True, diff=True, verbosity=3, extra_vars={"nixfleet_in_process": in_process})
+        # Set as an inventory variable might be: a template.
+        run = run_playbook(play, check=True, diff=True, verbosity=3,
+                           extra_vars={"nixfleet_in_process": f"{{{{ {in_process} }}}}"})
         assert run.rc == 0, run.stdout[-3000:]
         results[in_process] = _result(run)
         # Only the AnsiballZ path packs and runs a module file.
