@@ -4,9 +4,16 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """The identity options every module that opens sops files takes."""
+    """The identity options every module that opens sops files takes, and the libraries opening them needs
+    (a module lists only what it needs besides these; ansible-doc shows the union)."""
 
     DOCUMENTATION = r"""
+requirements:
+  - cryptography >= 42
+  - pyrage >= 1.2
+  - ruamel.yaml >= 0.18
+  - google-re2 >= 1.1
+  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   identity_files:
     description:

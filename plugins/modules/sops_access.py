@@ -25,12 +25,7 @@ description:
     rule.
   - The caller commits RV(changed_files) once (playbooks/access.yml does, with M(nixfleet.sops.vcs_commit)).
 requirements:
-  - cryptography >= 42
-  - pyrage >= 1.2
-  - ruamel.yaml >= 0.18
-  - google-re2 >= 1.1
   - PyYAML
-  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository (the directory holding C(.sops.yaml)).

@@ -31,12 +31,7 @@ description:
     is generated into O(admin_key_file) (0600, never shown) unless that file exists (then its key is used)
     or O(admin_recipient) is given.
 requirements:
-  - cryptography >= 42
-  - pyrage >= 1.2
-  - ruamel.yaml >= 0.18
-  - google-re2 >= 1.1
   - PyYAML
-  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
   - segno >= 1.5 (paper backup)
   - shamir-mnemonic >= 0.3 (shares)
 options:

@@ -25,12 +25,7 @@ description:
   - Reports C(changed=false) - it fills a scratch directory and changes nothing the user manages.
   - Returns paths and modes only; file contents are never returned or shown.
 requirements:
-  - cryptography >= 42
-  - pyrage >= 1.2
-  - ruamel.yaml >= 0.18
-  - google-re2 >= 1.1
   - PyYAML
-  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository.

@@ -20,12 +20,7 @@ description:
   - A host name that is not a DNS label (for example C(../x), C(a b), C(*)) is refused before anything is written.
   - Returns public keys and recipients only; private keys never leave the encrypted files.
 requirements:
-  - cryptography >= 42
-  - pyrage >= 1.2
-  - ruamel.yaml >= 0.18
-  - google-re2 >= 1.1
   - PyYAML
-  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository (the directory holding C(.sops.yaml)).

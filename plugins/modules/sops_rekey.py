@@ -17,12 +17,6 @@ description:
     nothing is written and the error lists those files, unless O(continue_on_error=true).
   - Every write is atomic; a run killed at any moment leaves each file either old or new.
   - Holds a lock on the repository while writing; a second run fails with a message naming the holder.
-requirements:
-  - cryptography >= 42
-  - pyrage >= 1.2
-  - ruamel.yaml >= 0.18
-  - google-re2 >= 1.1
-  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository (the directory holding C(.sops.yaml)).

@@ -22,12 +22,7 @@ description:
     host's key still opens - change those credentials at their source.
   - Returns public data only (paths, key paths, commits, public keys, recipients).
 requirements:
-  - cryptography >= 42
-  - pyrage >= 1.2
-  - ruamel.yaml >= 0.18
-  - google-re2 >= 1.1
   - PyYAML
-  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository (the directory holding C(.sops.yaml)).

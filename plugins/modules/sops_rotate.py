@@ -16,12 +16,6 @@ description:
     plus the removed key no longer opens the current one.
   - Plans first; if a selected file cannot be opened nothing is written, unless O(continue_on_error=true).
   - Rotation is not idempotent by nature; the module changes exactly the selected files on every run.
-requirements:
-  - cryptography >= 42
-  - pyrage >= 1.2
-  - ruamel.yaml >= 0.18
-  - google-re2 >= 1.1
-  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository (the directory holding C(.sops.yaml)).

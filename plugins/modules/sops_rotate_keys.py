@@ -29,12 +29,7 @@ description:
     committed, so the next commit takes them also after a kill. Commit once per phase (M(nixfleet.sops.vcs_commit)).
   - Returns public keys and recipients only; private keys never leave the encrypted files.
 requirements:
-  - cryptography >= 42
-  - pyrage >= 1.2
-  - ruamel.yaml >= 0.18
-  - google-re2 >= 1.1
   - PyYAML
-  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   repo:
     description: The secrets repository (the directory holding C(.sops.yaml)).

@@ -18,12 +18,6 @@ description:
   - "Runs where the secrets repository is (the controller); use it in a play against C(localhost) or with
     C(delegate_to: localhost). All paths are on that machine."
   - Never shows a value. The diff names the key paths that change; return values and errors carry no secret.
-requirements:
-  - cryptography >= 42
-  - pyrage >= 1.2
-  - ruamel.yaml >= 0.18
-  - google-re2 >= 1.1
-  - bcrypt >= 4 (passphrase-protected OpenSSH keys)
 options:
   path:
     description: The sops file (YAML, JSON, dotenv or INI, by extension as sops decides).
