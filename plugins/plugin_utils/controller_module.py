@@ -45,6 +45,27 @@ PROFILE = "legacy"  # the serialization profile AnsiballZ uses for these modules
 OPT_OUT = "nixfleet_in_process"
 
 
+def call_main(fn: Callable[[], None]) -> tuple[int, str, str]:
+    """Run ``fn`` (a module's ``main``) as its own process would end: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            fn()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _reported(fn: Callable[[], None]) -> None:
+    """``fn``, with an exception reported as AnsiballZ's wrapper reports a module that raised."""
+    try:
+        fn()
+    except Exception as exc:  # pylint: disable=broad-except
+        print(json.dumps({"failed": True, "msg": f"MODULE FAILURE: {type(exc).__name__}: {exc}"}))
+        raise SystemExit(1) from None
+
+
 def run_forked(fn: Callable[[], None]) -> dict[str, Any]:
     """Run ``fn`` (a module's ``main``) in a forked child; return ``rc``, ``stdout``, ``stderr`` and
     ``signal`` (the signal that ended the child, or None) as a module process would give them."""
@@ -56,19 +77,9 @@ def run_forked(fn: Callable[[], None]) -> dict[str, Any]:
         # letting the module clean up after Ctrl-C (KeyboardInterrupt) as it does.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        code = 1
-        out, err = io.StringIO(), io.StringIO()
         try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                try:
-                    fn()
-                    code = 0
-                except SystemExit as exc:
-                    code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-                except Exception as exc:  # pylint: disable=broad-except
-                    # As AnsiballZ's wrapper reports a module that raised: failed, with the exception's type.
-                    print(json.dumps({"failed": True, "msg": f"MODULE FAILURE: {type(exc).__name__}: {exc}"}))
-            payload = json.dumps({"rc": code, "stdout": out.getvalue(), "stderr": err.getvalue()}).encode()
+            code, out, err = call_main(lambda: _reported(fn))
+            payload = json.dumps({"rc": code, "stdout": out, "stderr": err}).encode()
             with os.fdopen(write_fd, "wb") as pipe:
                 pipe.write(payload)
         finally:
@@ -103,8 +114,13 @@ class ControllerModuleAction(ActionBase):
         return dict(self._task.args), None
 
     @property
+    def module_name(self) -> str:
+        """The module's short name: this action plugin's file name."""
+        return type(self).__module__.rsplit(".", 1)[-1]
+
+    @property
     def module_fqcn(self) -> str:
-        return "nixfleet.sops." + type(self).__module__.rsplit(".", 1)[-1]
+        return "nixfleet.sops." + self.module_name
 
     def runs_here(self, task_vars: dict[str, Any]) -> bool:
         """True when Ansible would run the module on this machine, as this user, and wait for it."""
@@ -119,8 +135,7 @@ class ControllerModuleAction(ActionBase):
         self._update_module_args(self.module_fqcn, args, task_vars)
         environment: dict[str, str] = {}
         self._compute_environment_string(environment)
-        name = "ansible_collections.nixfleet.sops.plugins.modules." + self.module_fqcn.rsplit(".", 1)[-1]
-        module = importlib.import_module(name)
+        module = importlib.import_module("ansible_collections.nixfleet.sops.plugins.modules." + self.module_name)
         encoder = get_module_encoder(PROFILE, Direction.CONTROLLER_TO_MODULE)
         params = json.dumps({"ANSIBLE_MODULE_ARGS": args}, cls=encoder).encode()
 
@@ -139,8 +154,7 @@ class ControllerModuleAction(ActionBase):
         if res["signal"]:
             return {"failed": True, "rc": res["rc"],
                     "msg": f"MODULE FAILURE: {self.module_fqcn} was killed by {res['signal']} "
-                           "(out of memory, or killed); every file it was writing is either the old or the new one: "
-                           "run the playbook again to finish"}
+                           "(out of memory, or killed from outside); run the playbook again"}
         data = self._parse_returned_data(res, PROFILE)
         remove_internal_keys(data)
         return data

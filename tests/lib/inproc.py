@@ -1,4 +1,5 @@
-"""Run a collection module in this process: the module's own main(), argument spec and exit path.
+"""Run a collection module in this process: the module's own main(), argument spec and exit path (the
+exit taken as the controller-side action plugins take it, controller_module.call_main).
 
 For tests where the Ansible CLI is not the point (argument handling, results,
 errors, files on disk), this is ~50x faster than `ansible localhost -m`: no
@@ -8,9 +9,7 @@ tests in tests/lib/runner.py do (AnsiballZ packaging, -vvv output, callbacks).
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import json
 import os
 from typing import Any
@@ -18,6 +17,7 @@ from unittest import mock
 
 from ansible.module_utils.common import warnings
 from ansible.module_utils.testing import patch_module_args
+from ansible_collections.nixfleet.sops.plugins.plugin_utils.controller_module import call_main
 
 from tests.lib.runner import Result
 
@@ -29,8 +29,6 @@ def run_module_inproc(module: str, args: dict[str, Any], check: bool = False, di
     name = module.rsplit(".", 1)[-1]
     mod = importlib.import_module(f"ansible_collections.nixfleet.sops.plugins.modules.{name}")
     full = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
-    out, err = io.StringIO(), io.StringIO()
-    rc = 0
     # Warnings and deprecations are process-wide in Ansible: without this, a run reports the last one's.
     warnings._global_warnings.clear()
     warnings._global_deprecations.clear()
@@ -40,16 +38,11 @@ def run_module_inproc(module: str, args: dict[str, Any], check: bool = False, di
 
     fleet._KEYRINGS.clear()
     fleet._OPENED.clear()
-    with patch_module_args(full), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-            mock.patch.dict(os.environ, env or {}):
-        try:
-            mod.main()
-        except SystemExit as exc:
-            rc = int(exc.code or 0)
-    text = out.getvalue()
+    with patch_module_args(full), mock.patch.dict(os.environ, env or {}):
+        rc, text, err = call_main(mod.main)
     try:
         result = json.JSONDecoder().raw_decode(text[text.index("{"):])[0]
     except ValueError as exc:
-        raise AssertionError(f"could not parse the module's output ({exc}):\n{text}\n{err.getvalue()}") from None
+        raise AssertionError(f"could not parse the module's output ({exc}):\n{text}\n{err}") from None
     result.setdefault("failed", rc != 0)
-    return Result(result=result, stdout=text, stderr=err.getvalue(), rc=rc)
+    return Result(result=result, stdout=text, stderr=err, rc=rc)
