@@ -19,7 +19,6 @@ staged file is renamed into place, all or none (``fsutil.commit_all``).
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import re
@@ -246,9 +245,7 @@ class Plan:
             check_rules(config)
         rels = iter_candidate_files(repo, include, files)
         many = workers if workers is not None else (None if len(rels) >= _SCAN_PARALLEL_FILES else 1)
-        # The rule matcher is built here, once, before workers fork (each would build its own).
-        with contextlib.suppress(SopsConfigError):
-            config.rule_for(config_path(repo))
+        config.prepare_matching()  # once, before workers fork (each would build its own)
         global _SCAN
         _SCAN = (os.getpid(), config, repo, strict) if len(rels) <= _SCAN_HANDOFF_FILES else None
         try:

@@ -8,6 +8,7 @@ once per text version), edits to the transactional editor, findings to lint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -103,6 +104,12 @@ class SopsConfig(RuleEdits):
     def rule_for(self, path: str) -> CreationRule:
         """The rule sops 3.11 picks for ``path`` (absolute, or relative to the config dir)."""
         return self.model.rule_for(path)
+
+    def prepare_matching(self) -> None:
+        """Build the rule matcher now (once per text version), e.g. before forking workers that match paths.
+        A config whose rules cannot be read is left for rule_for to report."""
+        with contextlib.suppress(SopsConfigError):
+            self.model.matcher()
 
     def snapshot(self) -> dict[str, Any]:
         """What the config means as sops reads it, as plain data (anchors, rules, other top-level keys)."""

@@ -452,14 +452,17 @@ class ConfigModel:
             out.setdefault(r.path_regex, r)
         return out
 
+    def matcher(self) -> PathMatcher:
+        """The rules' path_regex matcher, built once per text version (before workers fork, it serves them all)."""
+        return self._once("matcher", lambda: PathMatcher([r.path_regex for r in self.rules]))
+
     def rule_for(self, path: str) -> CreationRule:
         """The rule sops 3.11 picks for ``path`` (absolute, or relative to the config dir)."""
         rel = relative_to_config(self.path, path)
         if self.rules_node is None:
             raise SopsConfigError(f"{self.path}: has no creation_rules")
         rules = self.rules
-        matcher: PathMatcher = self._once("matcher", lambda: PathMatcher([r.path_regex for r in rules]))
-        index = matcher.first(rel)
+        index = self.matcher().first(rel)
         if index is None:
             raise NoMatchingRuleError(
                 f"{self.path}: no creation rule matches {rel!r} (sops would refuse to create it)"
