@@ -118,23 +118,58 @@ def _read_state(job: tuple[str, str]) -> FileState:
                      [(p.group, p.recipient) for p in meta.stanza_problems()])
 
 
-# Set by Plan.scan while workers read: (the scanning process, its config, repository, strict). A worker
-# sends back the file it parsed when the file needs a change, so the rekey that follows (in processes
-# forked from the scanning one) does not read and check it again.
-_SCAN: tuple[int, Any, str, bool] | None = None
+@dataclass
+class EarlyJobs:
+    """Work a scan's workers do on a file they have just read and found in need of a change.
+
+    ``make`` gives the file's job from its plan (None: leave it to the caller).
+    The worker runs it at once, staging the new file beside the old one
+    (nothing is visible), and hands back only the outcome: each file is read,
+    planned and rewritten in one pass of the workers, instead of every parsed
+    file going back to the scanning process and out again to a second set of
+    workers. The caller still plans from the whole scan and decides: run_jobs
+    keeps an early outcome only for the very job it would run, and
+    Plan.discard_early() removes the staged files of a run that refuses.
+    Used only up to ``limit`` candidate files (an operation that would then
+    only plan must not stage), and never with age plugins, whose keys are
+    asked for once for the whole run (see _prefetch).
+    """
+
+    make: Callable[[FilePlan], Job | None]
+    identities: tuple[str, ...] | None
+    check_mode: bool
+    root: str
+    limit: int | None = None
 
 
-def _scan_one(job: tuple[str, str]) -> tuple[FileState, tuple[tuple[int, int, int, int], engine.SopsFile] | None]:
-    """_read_state, and in a worker the opened file when its rule asks for a change (else None)."""
+# Set by Plan.scan while workers read: (the scanning process, its config, repository, strict, whether to hand
+# parsed files back, EarlyJobs or None). A worker sends back the file it parsed when the file needs a change,
+# so the work that follows (in processes forked from the scanning one) does not read and check it again; or,
+# with EarlyJobs, does that work itself.
+_SCAN: tuple[int, Any, str, bool, bool, EarlyJobs | None] | None = None
+
+
+def _scan_one(job: tuple[str, str]) -> tuple[FileState, tuple[Any, ...] | None]:
+    """_read_state, and in a worker for a file its rule asks to change: ("opened", (identity, parsed
+    file)) to hand back, or ("staged", job, outcome) when the scan runs EarlyJobs; else None."""
     st = _read_state(job)
     if _SCAN is None or os.getpid() == _SCAN[0] or st.kind != "sops":
         return st, None
-    kept = _OPENED.pop(os.path.join(*job), None)
+    _unused, config, repo, strict, handoff, early = _SCAN
+    path = os.path.join(*job)
+    kept = _OPENED.pop(path, None)
     try:
-        plan = Plan(_SCAN[2], _SCAN[1], [st], _SCAN[3])
-        return st, kept if plan.files and plan.files[0].needs_change else None
+        plan = Plan(repo, config, [st], strict)
+        if not plan.files or not plan.files[0].needs_change:
+            return st, None
+        work = early.make(plan.files[0]) if early is not None else None
     except Exception:  # noqa: BLE001 - the parent plans again and reports what is wrong
         return st, None
+    if work is not None:
+        if kept is not None:
+            _OPENED[path] = kept  # for _work_one's open_sops_file
+        return st, ("staged", work, _work_one((work, early.identities, early.check_mode, early.root)))
+    return (st, ("opened", kept)) if handoff and kept is not None else (st, None)
 
 
 def _map(fn: Callable[[Any], Any], items: list[Any], workers: int | None) -> list[Any]:
@@ -225,37 +260,52 @@ class Plan:
         self.not_sops: list[str] = []
         self.unreadable: list[dict[str, str]] = []
         self.no_rule: list[str] = []
+        # Jobs the scan's workers already ran (EarlyJobs): relative path -> (job, outcome with staged temps).
+        self.early: dict[str, tuple[Job, dict[str, Any]]] = {}
         self._match()
 
     @classmethod
     def scan(cls, repo: str, config: SopsConfig | None = None, include: Sequence[str] = (),
-             workers: int | None = None, strict: bool = True, files: Sequence[str] | None = None) -> Plan:
+             workers: int | None = None, strict: bool = True, files: Sequence[str] | None = None,
+             early: EarlyJobs | None = None) -> Plan:
         """Read ``.sops.yaml`` (unless given) and the metadata of every file; match each to its rule.
 
         ``strict`` refuses a config whose rules cannot be trusted (check_rules);
         the audit plans leniently, since it reports those faults itself. ``files``
         (paths relative to ``repo``) reads only those, e.g. one batch of a large rekey.
+        ``early``: when workers read, they also run each changing file's job
+        (see EarlyJobs); the outcomes wait in ``self.early`` for run_jobs.
         """
         repo = os.path.abspath(repo)
-        if config is None:
-            if not os.path.exists(config_path(repo)):
-                raise FleetError(f"{repo} has no {CONFIG_NAME}: is this the secrets repository?")
-            config = SopsConfig.load(config_path(repo))
+        config = config if config is not None else load_config(repo)
         if strict:
             check_rules(config)
         rels = iter_candidate_files(repo, include, files)
         many = workers if workers is not None else (None if len(rels) >= _SCAN_PARALLEL_FILES else 1)
         config.prepare_matching()  # once, before workers fork (each would build its own)
+        if early is not None and early.limit is not None and len(rels) > early.limit:
+            early = None
         global _SCAN
-        _SCAN = (os.getpid(), config, repo, strict) if len(rels) <= _SCAN_HANDOFF_FILES else None
+        handoff = len(rels) <= _SCAN_HANDOFF_FILES
+        _SCAN = (os.getpid(), config, repo, strict, handoff, early) if handoff or early is not None else None
         try:
             results = _map(_scan_one, [(repo, r) for r in rels], many)
         finally:
             _SCAN = None
-        for st, kept in results:
-            if kept is not None and len(_OPENED) < _OPENED_MAX:
-                _OPENED[os.path.join(repo, st.rel)] = kept
-        return cls(repo, config, [st for st, _unused in results], strict)
+        plan = cls(repo, config, [st for st, _unused in results], strict)
+        for st, extra in results:
+            if extra is None:
+                continue
+            if extra[0] == "staged":
+                plan.early[st.rel] = (extra[1], extra[2])
+            elif len(_OPENED) < _OPENED_MAX:
+                _OPENED[os.path.join(repo, st.rel)] = extra[1]
+        return plan
+
+    def discard_early(self) -> None:
+        """Remove what the scan's workers staged (a run that refuses, or that only plans, writes nothing)."""
+        discard_staged([tmp for _unused, outcome in self.early.values() for tmp, _target in outcome.get("staged", [])])
+        self.early = {}
 
     def with_config(self, config: SopsConfig) -> Plan:
         """The same files matched against another ``.sops.yaml`` text (pending edits): no file is read."""
@@ -324,6 +374,13 @@ Scan = Plan  # the name callers used before the plan existed
 def config_path(repo: str) -> str:
     """``.sops.yaml`` of the secrets repository ``repo``."""
     return os.path.join(repo, CONFIG_NAME)
+
+
+def load_config(repo: str) -> SopsConfig:
+    """``.sops.yaml`` of the secrets repository ``repo`` (an absolute path)."""
+    if not os.path.exists(config_path(repo)):
+        raise FleetError(f"{repo} has no {CONFIG_NAME}: is this the secrets repository?")
+    return SopsConfig.load(config_path(repo))
 
 
 def compile_user_regex(pattern: str, what: str) -> re.Pattern[str]:
@@ -420,8 +477,7 @@ def _prefetch(kr: Any, jobs: list[Job]) -> None:
     Only needed for plugins: a YubiKey is asked once for the whole run instead
     of once per file; the forked workers find the results in the caches.
     """
-    wants_plugin = [j for j in jobs
-                    if j.groups and any(recipient_kind(r).startswith("plugin:") for g in j.groups for r in g)]
+    wants_plugin = [j for j in jobs if j.groups and _plugin_recipients(j.groups)]
     if not getattr(kr, "_plugins", None) and not wants_plugin:
         return
     opened: dict[Any, bytes] = {}
@@ -437,6 +493,20 @@ def _prefetch(kr: Any, jobs: list[Job]) -> None:
 
     wrap_many([(j.path, opened[(j.path, 0)], [r for r in j.groups[0] if recipient_kind(r).startswith("plugin:")])
                for j in wants_plugin if j.groups and len(j.groups) == 1 and (j.path, 0) in opened], kr.ui)
+
+
+def _plugin_recipients(groups: Iterable[Iterable[str]]) -> bool:
+    return any(recipient_kind(r).startswith("plugin:") for g in groups for r in g)
+
+
+def plugins_involved(identities: tuple[str, ...] | None, config: SopsConfig) -> bool:
+    """Whether a run with these identities against these rules may ask an age plugin (see _prefetch).
+    True as well when the identities or rules cannot be read: the run's own steps report that."""
+    try:
+        return bool(getattr(_keyring(identities), "_plugins", None)) or any(
+            _plugin_recipients(rule.key_groups) for rule in config.rules)
+    except Exception:  # noqa: BLE001 - reported by the scan (rules) or the first job (identities)
+        return True
 
 
 @dataclass
@@ -462,16 +532,28 @@ class Staged:
 
 
 def run_jobs(jobs: list[Job], identities: tuple[str, ...] | None, check_mode: bool,
-             workers: int | None = None, root: str | None = None) -> Staged:
+             workers: int | None = None, root: str | None = None, plan: Plan | None = None) -> Staged:
     """Run every job (in workers when there are many), staging each new file; nothing is visible yet.
 
     ``root`` (the repository) is where every file must land: a symlink leading out of it fails the job.
+    ``plan``: a job its scan's workers already ran (Plan.early) is not run again; what they staged for
+    any other job is discarded.
     """
-    if jobs and not check_mode:
-        _prefetch(_keyring(identities), jobs)
-    results = _map(_work_one, [(j, identities, check_mode, root) for j in jobs], workers)
+    early = plan.early if plan is not None else {}
+    done: dict[str, dict[str, Any]] = {}
+    for j in jobs:
+        got = early.get(j.rel)
+        if got is not None and got[0] == j:
+            done[j.rel] = early.pop(j.rel)[1]
+    if plan is not None:
+        plan.discard_early()
+    todo = [j for j in jobs if j.rel not in done]
+    if todo and not check_mode:
+        _prefetch(_keyring(identities), todo)
+    results = dict(zip([j.rel for j in todo], _map(_work_one, [(j, identities, check_mode, root) for j in todo],
+                                                   workers), strict=True))
     failpoints.hit("fleet.staged")
-    return Staged(dict(zip([j.rel for j in jobs], results, strict=True)))
+    return Staged({j.rel: done[j.rel] if j.rel in done else results[j.rel] for j in jobs})
 
 
 def refuse_failures(what: str, staged: Staged, continue_on_error: bool) -> None:
@@ -610,8 +692,15 @@ def rekey_jobs(plan: Plan, rotate_lost: bool = False, rewrap_all: bool = False) 
     bad = sorted({fp.error for fp in plan.changed() if fp.error})
     if bad:
         raise FleetError("rekey refused: " + ", ".join(bad) + ". Fix .sops.yaml first.")
-    return [Job(fp.path, fp.rel, fp.wanted, fp.wanted_threshold, fp.foreign, rotate=rotate_lost and bool(fp.removed),
-                rewrap_all=rewrap_all) for fp in plan.changed()]
+    return [rekey_job(fp, rotate_lost, rewrap_all) for fp in plan.changed()]
+
+
+def rekey_job(fp: FilePlan, rotate_lost: bool = False, rewrap_all: bool = False) -> Job | None:
+    """The job that brings one changing file to its rule (None when its rule is faulty: rekey_jobs says why)."""
+    if fp.error:
+        return None
+    return Job(fp.path, fp.rel, fp.wanted, fp.wanted_threshold, fp.foreign, rotate=rotate_lost and bool(fp.removed),
+               rewrap_all=rewrap_all)
 
 
 def rekey(
@@ -644,18 +733,27 @@ def rekey(
     broken one, unless ``rewrap_all`` (every stanza afresh, as sops does).
     """
     repo = os.path.abspath(repo)
+    ids = tuple(identities) if identities is not None else None
+    if not check_mode:
+        remove_stale_temps(repo)  # before anything is staged: the scan's workers may stage already
     if plan is None:
-        plan = Plan.scan(repo, config, include, workers, files=files)
+        config = config if config is not None else load_config(repo)
+        early = None if plugins_involved(ids, config) else EarlyJobs(
+            lambda fp: rekey_job(fp, rotate_lost, rewrap_all), ids, check_mode, repo, plan_only_above)
+        plan = Plan.scan(repo, config, include, workers, files=files, early=early)
     elif config is not None:
         plan = plan.with_config(config)
-    ids = tuple(identities) if identities is not None else None
-    jobs = rekey_jobs(plan, rotate_lost, rewrap_all)
-    _refuse_unreadable("rekey", plan, None, continue_on_error)
+    try:
+        jobs = rekey_jobs(plan, rotate_lost, rewrap_all)
+        _refuse_unreadable("rekey", plan, None, continue_on_error)
+    except BaseException:
+        plan.discard_early()
+        raise
     planned = not check_mode and plan_only_above is not None and len(jobs) > plan_only_above
     dry = check_mode or planned
-    if not dry:
-        remove_stale_temps(repo)
-    staged = run_jobs(jobs, ids, dry, workers, root=repo)
+    if planned:
+        plan.discard_early()
+    staged = run_jobs(jobs, ids, dry, workers, root=repo, plan=plan)
     refuse_failures("rekey", staged, continue_on_error)
     if not dry:
         publish(repo, "rekey", staged.pairs)

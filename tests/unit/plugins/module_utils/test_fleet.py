@@ -191,7 +191,7 @@ def test_parallel_and_serial_agree(tmp_path):
 
 
 def test_parallel_rekey_reads_each_file_once(tmp_path, monkeypatch):
-    """The workers that read the metadata hand the files that need a change to the rekey that follows."""
+    """The workers that read the metadata rekey the files that need a change (or hand them on): one read each."""
     import multiprocessing
 
     repo = make_repo(str(tmp_path), hosts=("a", "b"), files_per_host=40, git=False)
@@ -211,6 +211,48 @@ def test_parallel_rekey_reads_each_file_once(tmp_path, monkeypatch):
     assert opened.value == len(fleet.iter_candidate_files(repo.path)), opened.value  # 81 sops files + README
     x = SopsConfig.load(repo.file(".sops.yaml")).anchors()["x"].recipient
     assert all(x in engine.load(repo.file(rel)).recipients[0] for rel in res.changed_files)
+
+
+def _staged_temps(repo):
+    return sorted(f for _d, _ds, fs in os.walk(repo.path) for f in fs if fsutil.is_staged_temp(f))
+
+
+def _other_repo_file(repo, rel):
+    """``rel`` encrypted again for a stranger only: nobody in the repository can open it."""
+    engine.encrypt_file(repo.file(rel), {"host": "a"}, [[age.recipient_from_identity(age.generate_identity())]])
+
+
+@pytest.mark.parametrize("fault", ["unreadable", "cannot_open", "only_plans"])
+def test_parallel_rekey_that_writes_nothing_leaves_no_staged_file(tmp_path, fault):
+    """The scan's workers stage the files they rekey while reading; a run that then refuses (or only plans)
+    removes what they staged: every file as it was, no temp file left in the repository."""
+    repo = make_repo(str(tmp_path), hosts=("a", "b"), files_per_host=40, git=False)
+    _add_member(repo, r"sops/a(-\d+)?\.yaml$", "x", age.recipient_from_identity(age.generate_identity()))
+    if fault == "unreadable":
+        with open(repo.file("sops/b-7.yaml"), "w") as fh:
+            fh.write("host: ENC[AES256_GCM,data:AAAA,iv:AAAA,tag:AAAA,type:str]\nsops:\n    version: 3.9.0\n")
+    elif fault == "cannot_open":
+        _other_repo_file(repo, "sops/a-7.yaml")
+    before = _state(repo)
+    if fault == "only_plans":
+        res = fleet.rekey(repo.path, [repo.identities["admin"]], workers=2, plan_only_above=10)
+        assert res.planned and len(res.changed_files) == 40
+    else:
+        with pytest.raises(fleet.FleetError, match={"unreadable": r"sops/b-7.yaml: .*no keys found",
+                                                     "cannot_open": r"1 of 40 files .*sops/a-7.yaml"}[fault]):
+            fleet.rekey(repo.path, [repo.identities["admin"]], workers=2)
+    assert _state(repo) == before
+    assert _staged_temps(repo) == []
+
+
+def test_parallel_check_mode_matches_serial_and_writes_nothing(tmp_path):
+    repo = make_repo(str(tmp_path), hosts=("a", "b"), files_per_host=40, git=False)
+    _add_member(repo, r"sops/a(-\d+)?\.yaml$", "x", age.recipient_from_identity(age.generate_identity()))
+    before = _state(repo)
+    serial = fleet.rekey(repo.path, [repo.identities["admin"]], check_mode=True, workers=1)
+    parallel = fleet.rekey(repo.path, [repo.identities["admin"]], check_mode=True, workers=2)
+    assert parallel.as_dict() == serial.as_dict() and len(parallel.changed_files) == 40
+    assert _state(repo) == before and _staged_temps(repo) == []
 
 
 def test_lock_names_the_holder(repo):
