@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from ...module_support import note_missing_lib
@@ -23,7 +24,21 @@ else:
     HAS_PYYAML = True
 
 _Loader = getattr(pyyaml, "CSafeLoader", pyyaml.SafeLoader) if HAS_PYYAML else None
-_SOPS_LINE = re.compile(r"^sops:[ \t]*(#.*)?$", re.M)
+_SOPS_LINE = re.compile(r"sops:[ \t]*(#.*)?$", re.M)
+# The line after a block: one that starts in column 0 (key, comment, '---'). Matched from the newline before
+# it: a pattern that starts with a literal is found by a scan for that character, not tried at every offset.
+_BLOCK_END = re.compile(r"\n[^ \t\r\n]")
+
+
+def _sops_lines(text: str) -> Iterator[re.Match[str]]:
+    """Each top-level ``sops:`` line (the key in column 0, nothing after it but a comment)."""
+    pos = text.find("sops:")
+    while pos != -1:
+        if pos == 0 or text[pos - 1] == "\n":
+            m = _SOPS_LINE.match(text, pos)
+            if m:
+                yield m
+        pos = text.find("sops:", pos + 1)
 
 
 class _Container:
@@ -205,16 +220,50 @@ def _fast_scalar(text: str) -> Any:
     if text in ("[]", "{}"):
         return [] if text == "[]" else {}
     if text.startswith('"'):
-        if "\\" in text or not text.endswith('"') or len(text) < 2:
+        if "\\" in text or not text.endswith('"') or len(text) < 2 or '"' in text[1:-1]:
             raise _Bail
         return text[1:-1]
     if text.startswith("'"):
-        if not text.endswith("'") or len(text) < 2:
+        if not text.endswith("'") or len(text) < 2 or "'" in text[1:-1].replace("''", ""):
             raise _Bail
         return text[1:-1].replace("''", "'")
-    if " #" in text or text[:1] in "&*!|>%@`{[?-#,":
+    if " #" in text or ": " in text or text.endswith(":") or "\t" in text or text[:1] in "&*!|>%@`{[?-#,":
         raise _Bail
     return resolve_plain(text)
+
+
+def _fast_literal(lines: list[str], i: int, indent: int) -> tuple[list[str], int]:
+    """The lines of a literal block scalar starting at ``lines[i]`` under a key at ``indent``, and the
+    index after it; trailing empty lines dropped (the caller adds the final newline ``|`` keeps)."""
+    body: list[str] = []
+    n = len(lines)
+    # The first line with text sets the content indent; an empty line before it is content too. A line of
+    # spaces (sops never writes one) may hold content or be an error: the full parser decides.
+    while i < n and not lines[i]:
+        body.append("")
+        i += 1
+    if i == n:
+        return [], i
+    content_indent = _indent(lines[i])
+    if content_indent <= indent:
+        return [], i
+    pad = " " * content_indent
+    while i < n:
+        cur = lines[i]
+        if cur.startswith(pad) and len(cur) > content_indent and (cur[content_indent] != " " or cur.strip(" ")):
+            body.append(cur[content_indent:])  # the common case: one more line of text
+        elif not cur:
+            body.append("")
+        elif not cur.strip(" "):
+            raise _Bail
+        elif _indent(cur) <= indent:
+            break
+        else:
+            raise _Bail  # text indented less than the block's first line
+        i += 1
+    while body and body[-1] == "":
+        body.pop()
+    return body, i
 
 
 def _fast_map(lines: list[str], i: int, indent: int, first: str | None = None) -> tuple[dict, int]:
@@ -222,7 +271,7 @@ def _fast_map(lines: list[str], i: int, indent: int, first: str | None = None) -
     while i < len(lines):
         line = first if first is not None else lines[i]
         first = None
-        if not line.strip():
+        if not line.strip(" "):
             i += 1
             continue
         if _indent(line) != indent:
@@ -237,30 +286,13 @@ def _fast_map(lines: list[str], i: int, indent: int, first: str | None = None) -
             raise _Bail
         i += 1
         if rest in ("|", "|-"):
-            body: list[str] = []
-            content_indent = None
-            n = len(lines)
-            while i < n:
-                cur = lines[i]
-                stripped = cur.lstrip(" ")
-                ind = len(cur) - len(stripped)
-                if stripped and ind <= indent:
-                    break
-                if stripped:
-                    if content_indent is None:
-                        content_indent = ind
-                    elif ind < content_indent:
-                        raise _Bail
-                    body.append(cur[content_indent:])
-                else:
-                    body.append("")
-                i += 1
-            while body and body[-1] == "":
-                body.pop()
+            body, i = _fast_literal(lines, i, indent)
             out[key] = "\n".join(body) + ("\n" if rest == "|" and body else "")
         elif rest:
             out[key] = _fast_scalar(rest)
         else:
+            if i < len(lines) and not lines[i].strip(" "):
+                raise _Bail  # a blank line before a key's value: sops writes none
             if i >= len(lines) or _indent(lines[i]) <= indent and not lines[i].startswith(" " * indent + "- "):
                 out[key] = None
                 continue
@@ -276,23 +308,30 @@ def _fast_seq(lines: list[str], i: int, indent: int) -> tuple[list, int]:
     out: list = []
     while i < len(lines):
         line = lines[i]
-        if not line.strip():
+        if not line.strip(" "):
             i += 1
             continue
         if _indent(line) != indent or not line[indent:].startswith("- "):
             if _indent(line) > indent:
                 raise _Bail
             break
-        item, i = _fast_map(lines, i, indent + 2, first=" " * (indent + 2) + line[indent + 2 :])
+        # The item's keys line up with its first key: 2 past the dash (yaml.v3, sops 3.8+) or 4 ('-   ',
+        # yaml.v2, older sops).
+        item_indent = indent + 1 + _indent(line[indent + 1:])
+        if item_indent >= len(line):
+            raise _Bail  # an empty item
+        item, i = _fast_map(lines, i, item_indent, first=" " * item_indent + line[item_indent:])
         out.append(item)
     return out, i
 
 
 def _fast_block(block: str) -> dict:
     """Parse a ``sops:`` block written in sops' layout without the general YAML parser."""
+    if "\r" in block or "\t" in block or not block.endswith("\n"):
+        raise _Bail  # a line break of YAML's, a tab, a last line without its newline: sops writes none
     lines = block.split("\n")
     parsed, i = _fast_map(lines, 0, 0)
-    if any(line.strip() for line in lines[i:]):
+    if any(line.strip(" ") for line in lines[i:]):
         raise _Bail
     return parsed
 
@@ -377,11 +416,10 @@ class YamlStore(StructuredStore):
         except UnicodeDecodeError:
             raise SopsFormatError("not UTF-8 text, cannot be a sops YAML file", path) from None
         spans: list[tuple[int, int]] = []
-        for m in _SOPS_LINE.finditer(text):
+        for m in _sops_lines(text):
             start = m.start()
-            # The block ends at the next line that starts in column 0 (key, comment, '---').
-            end_m = re.compile(r"^[^ \t\r\n]", re.M).search(text, m.end() + 1)
-            end = end_m.start() if end_m else len(text)
+            end_m = _BLOCK_END.search(text, m.end())
+            end = end_m.start() + 1 if end_m else len(text)
             spans.append((start, end))
         if not spans:
             return [], None
