@@ -413,8 +413,11 @@ def _emit_scalar_value(out: _Out, prefix: str, value: Any, indent: int, in_seq: 
                 hints += "+"
             out.lines.append(prefix + ("|" if prefix.endswith(" ") else " |") + hints)
             body = value[:-1] if value.endswith("\n") else value
-            for line in body.split("\n"):
-                out.lines.append((" " * content_indent + line) if line else "")
+            pad = " " * content_indent
+            if body and "\n\n" not in body and not body.startswith("\n") and not body.endswith("\n"):
+                out.lines.append(pad + body.replace("\n", "\n" + pad))  # no empty line: indent in one step
+            else:
+                out.lines.extend((pad + line) if line else "" for line in body.split("\n"))
             return
         text = {"plain": lambda v: v, "single": lambda v: "'" + v.replace("'", "''") + "'",
                 "double": _double}[style](value)
@@ -428,6 +431,7 @@ def _emit_scalar_value(out: _Out, prefix: str, value: Any, indent: int, in_seq: 
     out.lines.append(prefix + sep + text)
 
 
+@functools.lru_cache(maxsize=4096)
 def _key_text(key: str) -> str:
     style = _style(key, True)
     if style == "plain":
@@ -435,6 +439,12 @@ def _key_text(key: str) -> str:
     if style == "single":
         return "'" + key.replace("'", "''") + "'"
     return _double(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _explicit_key(key: str) -> bool:
+    """Whether yaml.v3 writes ``key`` in the explicit ``? key`` form (a line break, or over 128 bytes)."""
+    return any(c in _BREAKS for c in key) or len(key.encode("utf-8", "surrogateescape")) > 128
 
 
 def _is_block(value: Any) -> bool:
@@ -461,7 +471,7 @@ def _emit_mapping(out: _Out, mapping: dict, indent: int, first_prefix: str | Non
     for n, (comments, key, value) in enumerate(entries):
         out.comment(indent, comments)
         start = first_prefix if n == 0 and first_prefix is not None else " " * indent
-        if any(c in _BREAKS for c in key) or len(key.encode("utf-8", "surrogateescape")) > 128:
+        if _explicit_key(key):
             # yaml.v3 cannot write this as a simple key: it uses the explicit '? key' form.
             _emit_scalar_value(out, start + "?", key, indent, in_seq=False)
             colon = " " * indent + ":"
