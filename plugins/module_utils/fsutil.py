@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from . import failpoints
 from .errors import NixfleetError
@@ -249,6 +250,43 @@ def stage_write(
     return tmp
 
 
+_LIBC: list[Any] = []  # ctypes' handle on the C library, looked up once (empty list: not yet)
+
+
+def _libc_function(name: str) -> Any:
+    """A function of the C library (syncfs, renameat2), or None where there is none."""
+    if not _LIBC:
+        try:
+            import ctypes
+
+            _LIBC.append(ctypes.CDLL(None, use_errno=True))
+        except (OSError, AttributeError, ImportError):
+            _LIBC.append(None)
+    return getattr(_LIBC[0], name, None) if _LIBC[0] is not None else None
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_exchange_works = [True]
+
+
+def exchange(a: str, b: str) -> bool:
+    """Swap the files at ``a`` and ``b`` in one atomic step (renameat2 RENAME_EXCHANGE); False where the
+    kernel, C library or filesystem cannot (the caller then links and renames)."""
+    fn = _libc_function("renameat2") if _exchange_works[0] else None
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    import ctypes
+
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        _exchange_works[0] = False
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
 def sync_staged(tmps: list[str]) -> None:
     """Make staged temps durable before they are renamed into place.
 
@@ -258,13 +296,7 @@ def sync_staged(tmps: list[str]) -> None:
     if not tmps:
         return
     failpoints.hit("sync", tmps[0])
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        syncfs = libc.syncfs
-    except (OSError, AttributeError):
-        syncfs = None
+    syncfs = _libc_function("syncfs")
     if syncfs is not None:
         fd = os.open(os.path.dirname(tmps[0]), os.O_RDONLY)
         try:
@@ -281,10 +313,11 @@ def sync_staged(tmps: list[str]) -> None:
             os.close(fd)
 
 
-def commit_staged(tmp: str, path: str, sync_dir: bool = True) -> None:
+def commit_staged(tmp: str, path: str, sync_dir: bool = True, hit: bool = True) -> None:
     """Rename a staged temp over ``path`` (atomic) and fsync the directory."""
     try:
-        failpoints.hit("rename", path)
+        if hit:
+            failpoints.hit("rename", path)
         os.replace(tmp, path)
     except OSError as exc:
         raise _named(exc, path) from None
@@ -303,12 +336,15 @@ class PartialCommitError(NixfleetError, OSError):
 def commit_all(pairs: list[tuple[str, str]], sync: bool = True) -> None:
     """Rename every staged ``(temp, target)`` into place: all of them, or (on failure) none.
 
-    Each existing target is first hard-linked to a backup beside it; when a
-    rename fails, the targets already replaced get their backups back, so the
-    tree is as it was. Only when that undo fails too (the filesystem went away)
-    is the result mixed: PartialCommitError lists what is new and what is not
-    (each file is whole, old or new). ``sync=False``: the caller made the temps
-    durable already (sync_staged).
+    Each existing target is swapped with its temp in one step (renameat2
+    RENAME_EXCHANGE), so the temp's name then holds the old file as a backup;
+    where the filesystem cannot swap, the target is hard-linked to a backup
+    beside it and the temp renamed over it. When a step fails, the targets
+    already replaced get their backups back, so the tree is as it was. Only
+    when that undo fails too (the filesystem went away) is the result mixed:
+    PartialCommitError lists what is new and what is not (each file is whole,
+    old or new). ``sync=False``: the caller made the temps durable already
+    (sync_staged).
     """
     if not pairs:
         return
@@ -320,11 +356,17 @@ def commit_all(pairs: list[tuple[str, str]], sync: bool = True) -> None:
         for tmp, target in pairs:
             backup = None
             if os.path.exists(target):
+                failpoints.hit("rename", target)
+                # Only a regular file is swapped (whatever else stands there now, the rename below refuses).
+                if stat.S_ISREG(os.lstat(target).st_mode) and exchange(tmp, target):
+                    backups.append((target, tmp))
+                    done += 1
+                    continue
                 backup = os.path.join(os.path.dirname(target),
                                       f".{os.path.basename(target)}{TEMP_MARKER}{secrets.token_hex(4)}bak.tmp")
                 os.link(target, backup)
             backups.append((target, backup))
-            commit_staged(tmp, target, sync_dir=False)
+            commit_staged(tmp, target, sync_dir=False, hit=backup is None)
             done += 1
     except OSError as exc:
         undone = _undo(backups[:done])

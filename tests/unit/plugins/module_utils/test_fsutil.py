@@ -182,11 +182,13 @@ def test_runtime_base_prefers_a_private_xdg_runtime_dir(tmp_path):
     assert not fsutil.runtime_base({"XDG_RUNTIME_DIR": str(loose)}).startswith(str(loose))
 
 
+@pytest.mark.parametrize("swap", [True, False], ids=["renameat2-exchange", "link-and-rename"])
 @pytest.mark.parametrize("action", ["erofs", "eacces", "enospc"])
 @pytest.mark.parametrize("nth", [1, 2, 3])
-def test_commit_all_is_all_or_nothing(tmp_path, monkeypatch, action, nth):
+def test_commit_all_is_all_or_nothing(tmp_path, monkeypatch, action, nth, swap):
     from ansible_collections.nixfleet.sops.plugins.module_utils import failpoints
 
+    monkeypatch.setattr(fsutil, "_exchange_works", [swap])
     files = [tmp_path / f"f{i}.yaml" for i in range(3)]
     for i, f in enumerate(files[:2]):
         f.write_text(f"old {i}\n")
@@ -203,12 +205,21 @@ def test_commit_all_is_all_or_nothing(tmp_path, monkeypatch, action, nth):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f0.yaml", "f1.yaml"]
 
 
-def test_commit_all_renames_everything(tmp_path):
+@pytest.mark.parametrize("swap", [True, False], ids=["renameat2-exchange", "link-and-rename"])
+def test_commit_all_renames_everything(tmp_path, monkeypatch, swap):
+    monkeypatch.setattr(fsutil, "_exchange_works", [swap])
+    links = []
+    real_link = os.link
+    monkeypatch.setattr(os, "link", lambda a, b: links.append(b) or real_link(a, b))
     files = [tmp_path / f"f{i}.yaml" for i in range(3)]
     files[0].write_text("old\n")
+    files[0].chmod(0o640)
     fsutil.commit_all([(fsutil.stage_write(str(f), "new\n", sync=False), str(f)) for f in files])
     assert [f.read_text() for f in files] == ["new\n"] * 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f0.yaml", "f1.yaml", "f2.yaml"]
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o640
+    # Swapping needs no backup link (this filesystem swaps); the fallback links the one existing file.
+    assert len(links) == (0 if swap else 1)
 
 
 def test_read_regular_refuses_what_is_not_a_small_regular_file(tmp_path):
