@@ -576,7 +576,10 @@ def publish(repo: str, what: str, pairs: list[tuple[str, str]], record: bool = T
     if not pairs:
         return
     root = os.path.realpath(repo) + os.sep
-    outside = [target for _unused, target in pairs if not os.path.realpath(target).startswith(root)]
+    # Each target is a directory entry a rename replaces (a link there is replaced, not followed): what must
+    # stay inside the repository is each target's directory, resolved once per directory.
+    inside = {d: (os.path.realpath(d) + os.sep).startswith(root) for d in {os.path.dirname(t) for _u, t in pairs}}
+    outside = [target for _unused, target in pairs if not inside[os.path.dirname(target)]]
     if outside:
         discard_staged([tmp for tmp, _unused in pairs])
         raise FleetError(f"{what} refused: {outside[0]} is outside the repository {repo} (a symlink in the "

@@ -193,6 +193,7 @@ def stage_write(
     default_mode: int = 0o600,
     sync: bool = True,
     private: bool = False,
+    resolved: bool = False,
 ) -> str:
     """Write ``data`` to a temp file beside ``path`` and return the temp's path.
 
@@ -202,11 +203,13 @@ def stage_write(
     write. Nothing is visible at ``path`` until commit_staged(); a fleet
     operation stages every file before committing any, so a failure halfway
     writes nothing. ``sync=False`` leaves the fsync to the caller, who must call
-    sync_staged() before committing.
+    sync_staged() before committing. ``resolved``: ``path`` is what
+    resolve_write_target gave already.
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    path = resolve_write_target(path)
+    if not resolved:
+        path = resolve_write_target(path)
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         raise FileNotFoundError(errno.ENOENT, "directory does not exist", directory)

@@ -76,6 +76,17 @@ class StagedCommitError(SopsError):
         super().__init__(message, path)
 
 
+_REAL_DIRS: dict[str, str] = {}
+
+
+def _real_dir(path: str) -> str:
+    """realpath of a repository root, once per process (a fleet run makes a sink per file)."""
+    real = _REAL_DIRS.get(path)
+    if real is None:
+        real = _REAL_DIRS[path] = os.path.realpath(path)
+    return real
+
+
 class StagedSink:
     """Stage each new version beside its file (not fsynced yet); ``commit()`` makes them all visible.
 
@@ -86,7 +97,7 @@ class StagedSink:
     def __init__(self, staged: list[tuple[str, str]] | None = None, root: str | None = None) -> None:
         self.staged: list[tuple[str, str]] = list(staged or [])
         # A repository's files are written inside it: a link that leads out of it is refused.
-        self.root = os.path.realpath(root) + os.sep if root else None
+        self.root = _real_dir(root) + os.sep if root else None
 
     def write(self, path: str, data: bytes) -> None:
         """Stage ``data`` in a temp beside ``path``; nothing is visible until commit()."""
@@ -95,7 +106,7 @@ class StagedSink:
             if self.root is not None and not target.startswith(self.root):
                 raise SopsError(f"a symlink leads to {target}, outside the repository {self.root.rstrip(os.sep)}; "
                                 "refusing to write there (replace the link with the file itself)", path)
-            tmp = stage_write(path, data, sync=False)
+            tmp = stage_write(target, data, sync=False, resolved=True)
         except OSError as exc:
             raise write_error(exc, path) from None
         self.staged.append((tmp, target))

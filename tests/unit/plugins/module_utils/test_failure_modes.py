@@ -111,25 +111,30 @@ def _add_x_everywhere(repo):
     cfg.save()
 
 
-def test_failure_while_renaming_reports_what_is_new_and_leaves_no_temps(repo, monkeypatch):
+@pytest.mark.parametrize("swap", [True, False], ids=["renameat2-exchange", "link-and-rename"])
+def test_failure_while_renaming_reports_what_is_new_and_leaves_no_temps(repo, monkeypatch, swap):
     # The second rename fails and so does putting the first file back (the filesystem went away):
     # the error says what is new and what is not, and no temp is left.
     _add_x_everywhere(repo)
+    monkeypatch.setattr(fsutil, "_exchange_works", [swap])
     calls = []
     real = os.replace
+    real_exchange = fsutil.exchange
 
-    def flaky(src, dst):
+    def flaky(src, dst, step=real):
         if "/sops/" not in dst:
-            return real(src, dst)  # not a sops file (the record of uncommitted paths)
+            return step(src, dst)  # not a sops file (the record of uncommitted paths)
         calls.append(dst)
         if len(calls) >= 2:
             raise OSError(5, "Input/output error", dst)
-        return real(src, dst)
+        return step(src, dst)
 
     monkeypatch.setattr(fsutil.os, "replace", flaky)
+    monkeypatch.setattr(fsutil, "exchange", lambda a, b: swap and flaky(a, b, real_exchange))
     with pytest.raises(fleet.FleetError, match=r"1 files are new .*2 are unchanged.*run rekey again"):
         fleet.rekey(repo.path, [repo.identities["admin"]], workers=1)
     monkeypatch.setattr(fsutil.os, "replace", real)
+    monkeypatch.setattr(fsutil, "exchange", real_exchange)
     assert not [f for f in os.listdir(repo.file("sops")) if f.endswith(".tmp")]
     assert fleet.rekey(repo.path, [repo.identities["admin"]]).counts["changed"] == 2
 
