@@ -133,3 +133,34 @@ def test_a_module_killed_fails_its_task_and_the_run_ends(tmp_path):
     assert run.rc == 0 and _result(run)["changed_files"] == ["sops/shared.yaml"], run.stdout[-3000:]
     again = run_playbook(play)
     assert _result(again)["changed_files"] == []
+
+
+IMPORT = """
+import sys
+from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder
+_AnsibleCollectionFinder(paths=[{coll!r}])._install()
+from ansible_collections.nixfleet.sops.plugins.plugin_utils import controller_module
+if {ours}:
+    module = controller_module.import_module("sops_rekey")
+else:
+    import ansible_collections.nixfleet.sops.plugins.modules.sops_rekey as module
+from ansible_collections.nixfleet.sops.plugins.module_utils import fleet
+from ansible_collections.nixfleet.sops.plugins.module_utils.sops import file
+print(" ".join(type(m.__spec__.loader).__name__ for m in (module, fleet, file)), fleet.__spec__.cached)
+"""
+
+
+def test_the_module_and_its_module_utils_are_imported_from_byte_code():
+    """Ansible's collection loader compiles every file from source at every import (0.12-0.22 s a task for a
+    repository module); the in-process path imports them with Python's loader, which keeps byte-code."""
+    coll = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), ".collections")
+
+    def loaders(ours):
+        out = subprocess.run([sys.executable, "-c", IMPORT.format(coll=coll, ours=ours)], capture_output=True,
+                             text=True, check=True, env=ansible_env())
+        return out.stdout.split()
+
+    *kinds, cached = loaders(True)
+    assert kinds == ["SourceFileLoader"] * 3 and cached.endswith(".pyc"), (kinds, cached)
+    *kinds, _cached = loaders(False)  # the same imports through Ansible's own loader: compiled from source
+    assert "SourceFileLoader" not in kinds, kinds
