@@ -519,7 +519,8 @@ def _emit_sequence(out: _Out, items: list, indent: int, first_prefix: str | None
         pending = []
         first = False
         if isinstance(item, dict) and _is_block(item) and not _only_comments(item):
-            _emit_mapping(out, item, indent + 2, line_start)
+            if not _emit_age_entry(out, item, indent, line_start):
+                _emit_mapping(out, item, indent + 2, line_start)
         elif isinstance(item, list) and _is_block(item) and not _only_comments(item):
             _emit_sequence(out, item, indent + 2, line_start)
         else:
@@ -528,6 +529,23 @@ def _emit_sequence(out: _Out, items: list, indent: int, first_prefix: str | None
             _emit_scalar_value(out, line_start, item, indent, in_seq=True)
     if pending:
         out.comment(indent, pending)
+
+
+def _emit_age_entry(out: _Out, item: dict, indent: int, line_start: str) -> bool:
+    """An age master key of the sops metadata (``recipient`` then an armored ``enc``), written directly:
+    what _emit_mapping writes for it, without its general analysis (a file's metadata is mostly these).
+    False when the entry is anything else, for _emit_mapping to write."""
+    if len(item) != 2 or list(item) != ["recipient", "enc"]:
+        return False
+    recipient, enc = item["recipient"], item["enc"]
+    if (not isinstance(recipient, str) or not isinstance(enc, str) or "\n\n" in enc
+            or not _AGE_ARMOR_RE.fullmatch(enc) or _style(recipient, False) != "plain"):
+        return False
+    pad = " " * _next_indent(indent + 2)
+    out.lines.append(line_start + "recipient: " + recipient)
+    out.lines.append(" " * (indent + 2) + "enc: |")
+    out.lines.append(pad + enc[:-1].replace("\n", "\n" + pad))
+    return True
 
 
 def emit_documents(docs: list[dict]) -> str:
