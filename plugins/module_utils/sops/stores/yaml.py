@@ -320,9 +320,27 @@ def _fast_seq(lines: list[str], i: int, indent: int) -> tuple[list, int]:
         item_indent = indent + 1 + _indent(line[indent + 1:])
         if item_indent >= len(line):
             raise _Bail  # an empty item
-        item, i = _fast_map(lines, i, item_indent, first=" " * item_indent + line[item_indent:])
+        entry = _fast_age_entry(lines, i, item_indent)
+        if entry is None:
+            entry = _fast_map(lines, i, item_indent, first=" " * item_indent + line[item_indent:])
+        item, i = entry
         out.append(item)
     return out, i
+
+
+def _fast_age_entry(lines: list[str], i: int, indent: int) -> tuple[dict, int] | None:
+    """An age master key as sops writes it (``- recipient: …`` then ``enc: |`` and the armored block) read
+    in one step: what _fast_map reads for it. None for any other item, for _fast_map to read."""
+    rest = lines[i][indent:]
+    if not rest.startswith("recipient: ") or i + 1 >= len(lines) or lines[i + 1] != " " * indent + "enc: |":
+        return None
+    recipient = _fast_scalar(rest[11:].rstrip())
+    body, j = _fast_literal(lines, i + 2, indent)
+    while j < len(lines) and not lines[j].strip(" "):
+        j += 1
+    if j < len(lines) and _indent(lines[j]) >= indent:
+        return None  # more keys in this item (or a line _fast_map refuses): the general path decides
+    return {"recipient": recipient, "enc": "\n".join(body) + ("\n" if body else "")}, j
 
 
 def _fast_block(block: str) -> dict:
