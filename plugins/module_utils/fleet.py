@@ -15,6 +15,11 @@ changed and staged beside itself (nothing visible yet); if one cannot be
 opened, nothing is written (unless the caller asks to continue with the
 rest). Then the paths are recorded as not yet committed (``vcs``) and every
 staged file is renamed into place, all or none (``fsutil.commit_all``).
+
+When worker processes read a large repository, a rekey's workers also change
+and stage each file that needs it as they read it (:class:`EarlyJobs`): each
+file is read, planned and rewritten in one pass. The scanning process still
+plans from the whole scan and decides before anything becomes visible.
 """
 
 from __future__ import annotations
