@@ -146,6 +146,7 @@ def main() -> int:
         template, keyfile, recipients = build(base, args.files, args.recipients)
         print(f"built {args.files} files x {args.recipients} recipients in {time.perf_counter() - t0:.1f}s "
               f"(cores: {os.cpu_count()})")
+
         def copy(name: str) -> str:
             shutil.copytree(template, os.path.join(base, name))
             return os.path.join(base, name)

@@ -238,8 +238,8 @@ def test_parallel_rekey_that_writes_nothing_leaves_no_staged_file(tmp_path, faul
         res = fleet.rekey(repo.path, [repo.identities["admin"]], workers=2, plan_only_above=10)
         assert res.planned and len(res.changed_files) == 40
     else:
-        with pytest.raises(fleet.FleetError, match={"unreadable": r"sops/b-7.yaml: .*no keys found",
-                                                     "cannot_open": r"1 of 40 files .*sops/a-7.yaml"}[fault]):
+        expected = {"unreadable": r"sops/b-7.yaml: .*no keys found", "cannot_open": r"1 of 40 files .*sops/a-7.yaml"}
+        with pytest.raises(fleet.FleetError, match=expected[fault]):
             fleet.rekey(repo.path, [repo.identities["admin"]], workers=2)
     assert _state(repo) == before
     assert _staged_temps(repo) == []
