@@ -532,19 +532,16 @@ def _emit_sequence(out: _Out, items: list, indent: int, first_prefix: str | None
 
 
 def _emit_age_entry(out: _Out, item: dict, indent: int, line_start: str) -> bool:
-    """An age master key of the sops metadata (``recipient`` then an armored ``enc``), written directly:
-    what _emit_mapping writes for it, without its general analysis (a file's metadata is mostly these).
-    False when the entry is anything else, for _emit_mapping to write."""
+    """An age master key of the sops metadata (``recipient`` then ``enc``, two strings): what _emit_mapping
+    writes for it, without its per-key analysis (a file's metadata is mostly these). False when the entry is
+    anything else, for _emit_mapping to write."""
     if len(item) != 2 or list(item) != ["recipient", "enc"]:
         return False
     recipient, enc = item["recipient"], item["enc"]
-    if (not isinstance(recipient, str) or not isinstance(enc, str) or "\n\n" in enc
-            or not _AGE_ARMOR_RE.fullmatch(enc) or _style(recipient, False) != "plain"):
+    if not isinstance(recipient, str) or not isinstance(enc, str):
         return False
-    pad = " " * _next_indent(indent + 2)
-    out.lines.append(line_start + "recipient: " + recipient)
-    out.lines.append(" " * (indent + 2) + "enc: |")
-    out.lines.append(pad + enc[:-1].replace("\n", "\n" + pad))
+    _emit_scalar_value(out, line_start + "recipient:", recipient, indent + 2, in_seq=False)
+    _emit_scalar_value(out, " " * (indent + 2) + "enc:", enc, indent + 2, in_seq=False)
     return True
 
 
