@@ -227,7 +227,7 @@ def _fast_scalar(text: str) -> Any:
         if not text.endswith("'") or len(text) < 2 or "'" in text[1:-1].replace("''", ""):
             raise _Bail
         return text[1:-1].replace("''", "'")
-    if " #" in text or ": " in text or text.endswith(":") or "\t" in text or text[:1] in "&*!|>%@`{[?-#,":
+    if " #" in text or ": " in text or text.endswith(":") or text[:1] in "&*!|>%@`{[?-#,":
         raise _Bail
     return resolve_plain(text)
 
