@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,12 +119,6 @@ def check(repo: str, new_recipient: str, keyfile: str, sample: int = 3) -> None:
                        capture_output=True)
 
 
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=200)
@@ -168,7 +163,7 @@ def main() -> int:
             check(engine_repo, recipients[-1], keyfile)
             if playbook_repo is not None:
                 check(playbook_repo, recipients[-1], keyfile)
-        results = {name: median(times) for name, times in runs.items() if times}
+        results = {name: statistics.median(times) for name, times in runs.items() if times}
         for name, secs in results.items():
             each = "" if len(runs[name]) == 1 else "  runs: " + ", ".join(f"{t:.2f}" for t in runs[name])
             print(f"{name:10s} {secs:8.2f} s  ({1000 * secs / args.files:7.2f} ms/file){each}")
