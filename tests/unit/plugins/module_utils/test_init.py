@@ -64,11 +64,12 @@ def test_second_run_and_check_mode_change_nothing(tmp_path):
 def test_existing_key_and_recipient_only(tmp_path):
     key = tmp_path / "keys.txt"
     identity = age.generate_identity()
-    key.write_text(age.format_identity_file(identity))
+    written = age.format_identity_file(identity)
+    key.write_text(written)
     key.chmod(0o600)
     res = init.init_repo(str(tmp_path / "a"), admin_key_file=str(key))
     assert res.generated == [] and res.admin_recipient == age.recipient_from_identity(identity)
-    assert key.read_text() == age.format_identity_file(identity)
+    assert key.read_text() == written
     other = age.recipient_from_identity(age.generate_identity())
     res = init.init_repo(str(tmp_path / "b"), admin_recipient=other, admin_anchor="ta")
     assert res.admin_key_file is None and res.generated == []
