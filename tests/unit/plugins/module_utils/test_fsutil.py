@@ -222,6 +222,31 @@ def test_commit_all_renames_everything(tmp_path, monkeypatch, swap):
     assert len(links) == (0 if swap else 1)
 
 
+@pytest.mark.parametrize("count", [5, 200], ids=["one-thread", "threads"])
+def test_commit_all_of_many_files_leaves_no_old_version(tmp_path, count):
+    files = [tmp_path / f"f{i:03d}.yaml" for i in range(count)]
+    for f in files:
+        f.write_text("old\n")
+    fsutil.commit_all([(fsutil.stage_write(str(f), f"new {f.name}\n", sync=False), str(f)) for f in files])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f.name for f in files]
+    assert all(f.read_text() == f"new {f.name}\n" for f in files)
+
+
+@pytest.mark.parametrize("count", [5, 200], ids=["one-thread", "threads"])
+def test_discard_staged_tries_every_file_then_raises_the_first_error(tmp_path, count):
+    paths = [tmp_path / f"t{i:03d}" for i in range(count)]
+    for p in paths:
+        p.write_text("x")
+    blocker = tmp_path / "t002"
+    blocker.unlink()
+    blocker.mkdir()
+    gone = tmp_path / "already-gone"
+    with pytest.raises(IsADirectoryError) as err:
+        fsutil.discard_staged([str(p) for p in paths] + [str(gone)])
+    assert err.value.filename == str(blocker)
+    assert [p.name for p in tmp_path.iterdir()] == ["t002"]
+
+
 def test_read_regular_refuses_what_is_not_a_small_regular_file(tmp_path):
     import time
 
