@@ -279,3 +279,34 @@ def test_a_fleet_rekey_repairs_a_host_whose_stanza_is_broken(tmp_path, sops_bin)
     out = sops_decrypt(sops_bin, path, repo.keyfile("alpha"))
     assert out.returncode == 0, out.stderr
     assert fleet.rekey(repo.path, [repo.identities["admin"]], check_mode=True).changed_files == []
+
+
+def test_stanza_check_shortcut_reads_every_damaged_armor_as_the_exact_reader(tmp_path):
+    """_dearmor's one-pass read of sops' layout against _dearmor_exact on seeded damage (CRLF, blanks,
+    spaces, stray padding, re-wrapped or truncated lines, non-ASCII): the same bytes or the same problem."""
+    import random
+
+    from ansible_collections.nixfleet.sops.plugins.module_utils.sops import stanzas
+
+    path, _ids, _rs = _three(tmp_path)
+    encs = [s.enc for s in S.load(str(path)).metadata.key_groups[0]]
+    rng = random.Random(11)
+    pieces = ["\r\n", "\n", "\n\n", " ", "\t", "=", "==", "A", "+", "/", "-", "é", "\x0b", "\u2028", "\r"]
+    fast_path = 0
+    for _round in range(4000):
+        text = rng.choice(encs)
+        for _edit in range(rng.randint(0, 3)):
+            at = rng.randrange(len(text) + 1)
+            op = rng.randrange(4)
+            if op == 0:
+                text = text[:at] + rng.choice(pieces) + text[at:]
+            elif op == 1:
+                text = text[:at] + text[at + rng.randint(1, 70):]
+            elif op == 2:
+                text = text.replace("\n", "\r\n") if rng.random() < 0.5 else text.replace("\n", "\n ", 1)
+            else:
+                text = text[:at]
+        exact = stanzas._dearmor_exact(text)
+        assert stanzas._dearmor(text) == exact, repr(text)
+        fast_path += isinstance(exact, bytes)
+    assert 300 < fast_path < 3700, fast_path  # both sound and damaged armor were tried
