@@ -310,3 +310,22 @@ def test_stanza_check_shortcut_reads_every_damaged_armor_as_the_exact_reader(tmp
         assert stanzas._dearmor(text) == exact, repr(text)
         fast_path += isinstance(exact, bytes)
     assert 300 < fast_path < 3700, fast_path  # both sound and damaged armor were tried
+
+
+@pytest.mark.parametrize("body", [
+    "JKXy/yLqfeUTgUCoJj19Ywq8T/b0J5fW03l5wygX5Go", "", "QQ", "QUI", "Q", "QQ ", " QQ", "Q Q", "QQ\n", "QQ=",
+    "Q!Q", "QQé", "QR", "QUJ", "////", "++++", "QQ\t", "-_-_",
+])
+def test_stanza_body_read_by_strict_base64_as_by_the_validating_reader(body):
+    """_b64_raw's strict one-call read gives what base64.b64decode(validate=True) gives, or fails as it does."""
+    from ansible_collections.nixfleet.sops.plugins.module_utils.sops import stanzas
+
+    def outcome(fn):
+        try:
+            return fn()
+        except (ValueError, UnicodeError) as exc:  # binascii.Error is a ValueError
+            return type(exc).__name__
+
+    want = "ValueError" if "=" in body else outcome(
+        lambda: base64.b64decode(body + "=" * (-len(body) % 4), validate=True))
+    assert outcome(lambda: stanzas._b64_raw(body)) == want
