@@ -26,7 +26,9 @@ rewrites each file in place, creating none), so such a moment is charged to
 one side only, and a user's repository is not in that state (a journalled
 ext4, btrfs or zfs never is). The run directory is therefore marked as a top
 directory (chattr +T) where the filesystem allows it, so that each copy lands
-in a block group of its own; --no-fresh-groups leaves that out.
+in a block group of its own; --no-fresh-groups leaves that out. Each timed
+run starts after an os.sync(), so none pays for the writeback of what ran
+before it (the copies, the 30 s of the sops loop, the previous run).
 
   python benchmarks/rekey_vs_sops.py --files 200 --recipients 20
   python benchmarks/rekey_vs_sops.py --files 1000 --recipients 20 --repeat 5 --sops-repeat 2
@@ -186,13 +188,16 @@ def main() -> int:
         ours = [(copy(f"engine-{i}"), None if args.no_playbook else copy(f"playbook-{i}"))
                 for i in range(args.repeat)]
         for repo in sops_copies:
+            os.sync()
             runs["sops loop"].append(time_sops_loop(repo, keyfile))
             check(repo, recipients[-1], keyfile, sample=0)
         for engine_repo, playbook_repo in ours:
+            os.sync()
             secs, changed = time_engine(engine_repo, keyfile)
             assert changed == args.files, f"engine rekeyed {changed} of {args.files}"
             runs["engine"].append(secs)
             if playbook_repo is not None:
+                os.sync()
                 runs["playbook"].append(time_playbook(playbook_repo, keyfile))
         for engine_repo, playbook_repo in ours:
             check(engine_repo, recipients[-1], keyfile)
