@@ -26,9 +26,12 @@ rewrites each file in place, creating none), so such a moment is charged to
 one side only, and a user's repository is not in that state (a journalled
 ext4, btrfs or zfs never is). The run directory is therefore marked as a top
 directory (chattr +T) where the filesystem allows it, so that each copy lands
-in a block group of its own; --no-fresh-groups leaves that out. Each timed
-run starts after an os.sync(), so none pays for the writeback of what ran
-before it (the copies, the 30 s of the sops loop, the previous run).
+in a block group of its own, and the engine and playbook runs start at least
+65 s after the benchmark did (ext4 skips inodes freed in the last 60 s, so
+a previous benchmark's cleanup ages out meanwhile; the sops loop fills most
+of that time); --no-fresh-groups leaves both out. Each timed run starts
+after an os.sync(), so none pays for the writeback of what ran before it
+(the copies, the 30 s of the sops loop, the previous run).
 
   python benchmarks/rekey_vs_sops.py --files 200 --recipients 20
   python benchmarks/rekey_vs_sops.py --files 1000 --recipients 20 --repeat 5 --sops-repeat 2
@@ -76,6 +79,19 @@ def fresh_groups(path: str) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+# fs/ext4/ialloc.c: an inode freed less than RECENTCY_MIN (60) seconds ago is skipped (once written back).
+RECENTLY_FREED_SECONDS = 65
+
+
+def settle(since: float) -> None:
+    """Write everything back, then wait until RECENTLY_FREED_SECONDS have passed since ``since``."""
+    os.sync()
+    wait = RECENTLY_FREED_SECONDS - (time.monotonic() - since)
+    if wait > 0:
+        print(f"waiting {wait:.0f} s for the inodes freed before the start to age out")
+        time.sleep(wait)
 
 
 def build(base: str, n_files: int, n_recipients: int) -> tuple[str, str, list[str]]:
@@ -165,6 +181,7 @@ def main() -> int:
                     help="where the generated repositories go (default benchmarks/out; on this machine /tmp "
                     "creates files 40x slower than the work disk, which would skew both sides)")
     args = ap.parse_args()
+    started = time.monotonic()
     global SOPS
     SOPS = sops_binary(args.sops_wrapper)
     os.makedirs(args.workdir, exist_ok=True)
@@ -191,6 +208,8 @@ def main() -> int:
             os.sync()
             runs["sops loop"].append(time_sops_loop(repo, keyfile))
             check(repo, recipients[-1], keyfile, sample=0)
+        if spread:
+            settle(started)
         for engine_repo, playbook_repo in ours:
             os.sync()
             secs, changed = time_engine(engine_repo, keyfile)
