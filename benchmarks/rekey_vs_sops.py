@@ -176,7 +176,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs of the engine and of the playbook (median used)")
     ap.add_argument("--sops-repeat", type=int, default=1, help="runs of the sops loop (median used)")
     ap.add_argument("--no-fresh-groups", action="store_true",
-                    help="do not mark the run directory as an ext4 top directory (see above)")
+                    help="do not mark the run directory as an ext4 top directory, nor wait for inodes freed "
+                    "before the start to age out (see above)")
     ap.add_argument("--workdir", default=os.path.join(HERE, "out"),
                     help="where the generated repositories go (default benchmarks/out; on this machine /tmp "
                     "creates files 40x slower than the work disk, which would skew both sides)")

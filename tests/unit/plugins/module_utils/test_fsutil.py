@@ -233,7 +233,7 @@ def test_commit_all_of_many_files_leaves_no_old_version(tmp_path, count):
 
 
 @pytest.mark.parametrize("count", [5, 200], ids=["one-thread", "threads"])
-def test_discard_staged_tries_every_file_then_raises_the_first_error(tmp_path, count):
+def test_discard_staged_tries_every_file_then_raises_the_error(tmp_path, count):
     paths = [tmp_path / f"t{i:03d}" for i in range(count)]
     for p in paths:
         p.write_text("x")
