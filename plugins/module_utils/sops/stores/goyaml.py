@@ -540,6 +540,13 @@ def _emit_age_entry(out: _Out, item: dict, indent: int, line_start: str) -> bool
     recipient, enc = item["recipient"], item["enc"]
     if not isinstance(recipient, str) or not isinstance(enc, str):
         return False
+    if recipient and _style_cached(recipient, False) == "plain" and "\n\n" not in enc and _AGE_ARMOR_RE.fullmatch(enc):
+        # What the two calls below write for a plain recipient and an armored block without an empty line
+        # (every entry sops writes), in one step.
+        pad = " " * _next_indent(indent + 2)
+        out.lines += (line_start + "recipient: " + recipient, " " * (indent + 2) + "enc: |",
+                      pad + enc[:-1].replace("\n", "\n" + pad))
+        return True
     _emit_scalar_value(out, line_start + "recipient:", recipient, indent + 2, in_seq=False)
     _emit_scalar_value(out, " " * (indent + 2) + "enc:", enc, indent + 2, in_seq=False)
     return True
