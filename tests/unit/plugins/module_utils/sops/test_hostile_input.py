@@ -329,3 +329,45 @@ def test_stanza_body_read_by_strict_base64_as_by_the_validating_reader(body):
     want = "ValueError" if "=" in body else outcome(
         lambda: base64.b64decode(body + "=" * (-len(body) % 4), validate=True))
     assert outcome(lambda: stanzas._b64_raw(body)) == want
+
+
+def test_sound_x25519_shortcut_finds_what_the_step_by_step_check_finds():
+    """stanza_problem's one-match reading of a sound X25519 file against _problem on seeded damage to the
+    dearmored bytes (lines, stanza types, grease, MAC, payload size): the same answer for every file."""
+    import random
+
+    import pyrage
+    from ansible_collections.nixfleet.sops.plugins.module_utils.sops import stanzas
+
+    def armor(data: bytes) -> str:
+        b64 = base64.b64encode(data).decode()
+        return "\n".join([stanzas.BEGIN] + [b64[i:i + 64] for i in range(0, len(b64), 64)] + [stanzas.END]) + "\n"
+
+    rng = random.Random(20261202)
+    ids = [pyrage.x25519.Identity.generate() for _unused in range(4)]
+    files = [pyrage.encrypt(bytes([n]) * (32 + n % 2), [ids[n % 4].to_public()]) for n in range(8)]
+    recipients = [str(ids[0].to_public()), "age1yubikey1qgz",
+                  "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"]
+    pieces = [b"\n", b"-> ", b"--- ", b" ", b"  ", b"-grease", b"X25519", b"x25519", b"=", b"A", b"+/", b"\x00", b"\r",
+              b"-> X25519 ", b"-> a-grease\n", b"-> a-grease b\nAAAA\n", b"-> -grease\n\n", b"->  b-grease\n"]
+    sound = damaged = 0
+    for _round in range(6000):
+        data = rng.choice(files)
+        for _edit in range(rng.randint(0, 2)):
+            at = rng.randrange(min(len(data), 200) + 1)  # mostly in the header
+            op = rng.randrange(4)
+            if op == 0:
+                data = data[:at] + rng.choice(pieces) + data[at:]
+            elif op == 1:
+                data = data[:at] + data[at + rng.randint(1, 3):]
+            elif op == 2:
+                data = data[:at] + rng.choice(pieces) + data[at + rng.randint(1, 3):]
+            else:
+                data = data[:len(data) - rng.randint(1, 2)]
+        for recipient in recipients:
+            want = stanzas._problem(recipient, data)
+            assert stanzas.stanza_problem(recipient, armor(data)) == want, (recipient, data)
+            if recipient == recipients[0]:
+                sound += want is None
+                damaged += want is not None
+    assert sound > 1000 and damaged > 1000, (sound, damaged)
