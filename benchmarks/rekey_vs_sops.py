@@ -9,29 +9,31 @@ three ways of bringing every file to the new rule, each on its own copy:
   playbook    `ansible-playbook playbooks/rekey.yml` (Ansible start-up included)
 
 and prints the ratios. The engine and the playbook each take a few seconds,
-so one slow moment of the machine (this one's disk and page cache vary
-several-fold from minute to minute) would decide the figure: they run
---repeat times (default 3), each on its own fresh copy, interleaved, and the
-ratio uses the median; every run is printed. The sops loop, tens of seconds
-of one process per file, averages such moments over itself (--sops-repeat to
-repeat it too). Afterwards every file of every copy is checked for the new
-recipient (and a few with the real sops).
+so one slow moment of the machine (this one's disk and CPU vary several-fold
+from minute to minute) would decide the figure: they run --repeat times
+(default 3), each on its own fresh copy, and the ratio uses the median; every
+run is printed. The sops loop is cut into as many slices, and each round runs
+one slice of it, then the engine, then the playbook, so both sides are timed
+in the same minutes; its time is the sum of its slices (--sops-repeat runs
+the whole loop on several copies, median used). Afterwards every file of
+every copy is checked for the new recipient (and a few with the real sops).
 
 On ext4 without a journal (this machine's disk) creating a file scans the
-inodes its block group freed in the last minutes (fs/ext4/ialloc.c,
-recently_deleted): after a previous run's cleanup, or after the engine run
-just before, a creation took 200-700 us instead of 20-25 us here. The atomic
+inodes of its block group that were freed in the last minutes
+(fs/ext4/ialloc.c, recently_deleted: 60 s, 420 s while their inode table
+block is dirty, which any creation nearby makes it): after a previous run's
+cleanup a creation took 150-650 us instead of 15-30 us here. The atomic
 writes of the engine and the playbook create a file per file (the sops loop
-rewrites each file in place, creating none), so such a moment is charged to
+rewrites each file in place, creating none), so such a place is charged to
 one side only, and a user's repository is not in that state (a journalled
-ext4, btrfs or zfs never is). The run directory is therefore marked as a top
-directory (chattr +T) where the filesystem allows it, so that each copy lands
-in a block group of its own, and the engine and playbook runs start at least
-65 s after the benchmark did (ext4 skips inodes freed in the last 60 s, so
-a previous benchmark's cleanup ages out meanwhile; the sops loop fills most
-of that time); --no-fresh-groups leaves both out. Each timed run starts
-after an os.sync(), so none pays for the writeback of what ran before it
-(the copies, the 30 s of the sops loop, the previous run).
+ext4, btrfs or zfs never makes this check). Each copy therefore gets a quiet
+place: the run directory is marked as a top directory (chattr +T) where the
+filesystem allows it, so that ext4 spreads the copies over block groups, and
+before a copy is made, twice as many empty files as it holds are created
+beside it; where that costs more than 60 us per file, another place is tried
+(up to 8). What was measured is printed. --no-fresh-groups leaves both out.
+Each timed run starts after an os.sync(), so none pays for the writeback of
+what ran before it.
 
   python benchmarks/rekey_vs_sops.py --files 200 --recipients 20
   python benchmarks/rekey_vs_sops.py --files 1000 --recipients 20 --repeat 5 --sops-repeat 2
@@ -81,17 +83,30 @@ def fresh_groups(path: str) -> bool:
         os.close(fd)
 
 
-# fs/ext4/ialloc.c: an inode freed less than RECENTCY_MIN (60) seconds ago is skipped (once written back).
-RECENTLY_FREED_SECONDS = 65
+# Where creating a file costs more than this, recently freed inodes are being skipped (see above).
+QUIET_CREATE_US = 60
+PLACES = 8
 
 
-def settle(since: float) -> None:
-    """Write everything back, then wait until RECENTLY_FREED_SECONDS have passed since ``since``."""
-    os.sync()
-    wait = RECENTLY_FREED_SECONDS - (time.monotonic() - since)
-    if wait > 0:
-        print(f"waiting {wait:.0f} s for the inodes freed before the start to age out")
-        time.sleep(wait)
+def quiet_place(base: str, name: str, n_files: int) -> tuple[str, float, int]:
+    """A directory in ``base`` where creating files is not slowed down by recently freed inodes:
+    (its path, microseconds per creation measured there, places tried). The probe files stay (removing them
+    would free inodes right there); a place found slow stays too, so that the next one is elsewhere."""
+    best: tuple[str, float] | None = None
+    for tried in range(1, PLACES + 1):
+        place = os.path.join(base, f"{name}-{tried}")
+        probe = os.path.join(place, "probe")
+        os.makedirs(probe)
+        start = time.perf_counter()
+        for i in range(2 * n_files):
+            os.close(os.open(os.path.join(probe, f"p{i}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        micros = (time.perf_counter() - start) / (2 * n_files) * 1e6
+        if best is None or micros < best[1]:
+            best = (place, micros)
+        if micros <= QUIET_CREATE_US:
+            break
+    assert best is not None
+    return best[0], best[1], tried
 
 
 def build(base: str, n_files: int, n_recipients: int) -> tuple[str, str, list[str]]:
@@ -124,9 +139,14 @@ def build(base: str, n_files: int, n_recipients: int) -> tuple[str, str, list[st
     return repo, keyfile, recipients
 
 
-def time_sops_loop(repo: str, keyfile: str) -> float:
-    sops = SOPS
+def sops_slices(repo: str, parts: int) -> list[list[str]]:
+    """The repository's files in ``parts`` slices of (nearly) equal size."""
     files = sorted(os.listdir(os.path.join(repo, "sops")))
+    return [files[len(files) * k // parts: len(files) * (k + 1) // parts] for k in range(parts)]
+
+
+def time_sops_loop(repo: str, keyfile: str, files: list[str]) -> float:
+    sops = SOPS
     env = sops_env(keyfile)
     start = time.perf_counter()
     for f in files:
@@ -176,13 +196,12 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs of the engine and of the playbook (median used)")
     ap.add_argument("--sops-repeat", type=int, default=1, help="runs of the sops loop (median used)")
     ap.add_argument("--no-fresh-groups", action="store_true",
-                    help="do not mark the run directory as an ext4 top directory, nor wait for inodes freed "
-                    "before the start to age out (see above)")
+                    help="do not mark the run directory as an ext4 top directory, nor look for quiet places "
+                    "for the copies (see above)")
     ap.add_argument("--workdir", default=os.path.join(HERE, "out"),
                     help="where the generated repositories go (default benchmarks/out; on this machine /tmp "
                     "creates files 40x slower than the work disk, which would skew both sides)")
     args = ap.parse_args()
-    started = time.monotonic()
     global SOPS
     SOPS = sops_binary(args.sops_wrapper)
     os.makedirs(args.workdir, exist_ok=True)
@@ -194,10 +213,16 @@ def main() -> int:
         t0 = time.perf_counter()
         template, keyfile, recipients = build(base, args.files, args.recipients)
         print(f"built {args.files} files x {args.recipients} recipients in {time.perf_counter() - t0:.1f}s "
-              f"(cores: {os.cpu_count()}; copies in block groups of their own: {'yes' if spread else 'no'})")
+              f"(cores: {os.cpu_count()}; copies in quiet places: {'yes' if spread else 'no'})")
+        places: dict[str, tuple[float, int]] = {}
 
         def copy(name: str) -> str:
-            path = os.path.join(base, f"{name}-{token}")
+            if spread:
+                place, micros, tried = quiet_place(base, f"{name}-{token}", args.files)
+                places[name] = (micros, tried)
+                path = os.path.join(place, "repo")
+            else:
+                path = os.path.join(base, f"{name}-{token}")
             shutil.copytree(template, path)
             return path
 
@@ -205,13 +230,17 @@ def main() -> int:
         sops_copies = [] if args.no_sops_loop else [copy(f"sops-{i}") for i in range(args.sops_repeat)]
         ours = [(copy(f"engine-{i}"), None if args.no_playbook else copy(f"playbook-{i}"))
                 for i in range(args.repeat)]
-        for repo in sops_copies:
-            os.sync()
-            runs["sops loop"].append(time_sops_loop(repo, keyfile))
-            check(repo, recipients[-1], keyfile, sample=0)
         if spread:
-            settle(started)
-        for engine_repo, playbook_repo in ours:
+            slow = {n: p for n, p in places.items() if p[0] > QUIET_CREATE_US}
+            print(f"file creation where the copies are: {min(p[0] for p in places.values()):.0f}-"
+                  f"{max(p[0] for p in places.values()):.0f} us, {sum(p[1] for p in places.values())} places tried "
+                  f"for {len(places)} copies" + (f"; no quiet place found for {', '.join(slow)}" if slow else ""))
+        slices = [sops_slices(repo, args.repeat) for repo in sops_copies]
+        sops_parts: list[list[float]] = [[] for _unused in sops_copies]
+        for k, (engine_repo, playbook_repo) in enumerate(ours):
+            for n, repo in enumerate(sops_copies):
+                os.sync()
+                sops_parts[n].append(time_sops_loop(repo, keyfile, slices[n][k]))
             os.sync()
             secs, changed = time_engine(engine_repo, keyfile)
             assert changed == args.files, f"engine rekeyed {changed} of {args.files}"
@@ -219,6 +248,13 @@ def main() -> int:
             if playbook_repo is not None:
                 os.sync()
                 runs["playbook"].append(time_playbook(playbook_repo, keyfile))
+            print(f"round {k + 1}: " + ", ".join(
+                [f"sops loop slice {parts[k]:.2f} s ({1000 * parts[k] / max(1, len(slices[n][k])):.1f} ms/file)"
+                 for n, parts in enumerate(sops_parts)]
+                + [f"{name} {times[k]:.2f} s" for name, times in runs.items() if name != "sops loop" and times]))
+        runs["sops loop"] = [sum(parts) for parts in sops_parts]
+        for repo in sops_copies:
+            check(repo, recipients[-1], keyfile, sample=0)
         for engine_repo, playbook_repo in ours:
             check(engine_repo, recipients[-1], keyfile)
             if playbook_repo is not None:
@@ -233,6 +269,7 @@ def main() -> int:
                     print(f"ratio sops loop / {name}: {results['sops loop'] / results[name]:.1f}x")
         print(f"sops: {SOPS}")
         print(json.dumps({"files": args.files, "recipients": args.recipients, "fresh_groups": spread,
+                          "create_us": {k: round(v[0]) for k, v in places.items()},
                           **{k.replace(' ', '_'): round(v, 3) for k, v in results.items()},
                           "runs": {k.replace(' ', '_'): [round(t, 3) for t in v] for k, v in runs.items() if v}}))
     finally:
