@@ -20,7 +20,7 @@ every copy is checked for the new recipient (and a few with the real sops).
 
 On ext4 without a journal (this machine's disk) creating a file scans the
 inodes of its block group that were freed in the last minutes
-(fs/ext4/ialloc.c, recently_deleted: 60 s, 420 s while their inode table
+(fs/ext4/ialloc.c, recently_deleted: 60 s, 360 s while their inode table
 block is dirty, which any creation nearby makes it): after a previous run's
 cleanup a creation took 150-650 us instead of 15-30 us here. The atomic
 writes of the engine and the playbook create a file per file (the sops loop
