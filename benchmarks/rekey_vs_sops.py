@@ -199,8 +199,8 @@ def main() -> int:
                     help="do not mark the run directory as an ext4 top directory, nor look for quiet places "
                     "for the copies (see above)")
     ap.add_argument("--workdir", default=os.path.join(HERE, "out"),
-                    help="where the generated repositories go (default benchmarks/out; on this machine /tmp "
-                    "creates files 40x slower than the work disk, which would skew both sides)")
+                    help="where the generated repositories go (default benchmarks/out; /tmp sees the most "
+                    "deletions, next to which ext4 without a journal creates files slowly: see above)")
     args = ap.parse_args()
     global SOPS
     SOPS = sops_binary(args.sops_wrapper)
