@@ -49,11 +49,7 @@ _SOUND_X25519 = re.compile(
     + rb"--- [A-Za-z0-9+/]{43}\n")
 
 
-@functools.lru_cache(maxsize=1024)
-def _stanza_type_cached(recipient: str) -> str | None:
-    return stanza_type(recipient)
-
-
+@functools.lru_cache(maxsize=1024)  # a rekey asks once per stanza, for the same few recipients
 def stanza_type(recipient: str) -> str | None:
     """The age stanza type a recipient's wrap has; None for kinds defined elsewhere (plugins)."""
     if recipient.startswith(("ssh-ed25519 ", "ssh-rsa ")):
@@ -139,7 +135,7 @@ def stanza_problem(recipient: str, enc: str) -> str | None:
     data = _dearmor(enc)
     if isinstance(data, str):
         return data
-    if _stanza_type_cached(recipient) == "X25519":
+    if stanza_type(recipient) == "X25519":
         sound = _SOUND_X25519.match(data)
         if sound is not None and len(data) - sound.end() in _PAYLOAD:
             return None

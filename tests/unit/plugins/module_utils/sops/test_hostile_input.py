@@ -337,11 +337,8 @@ def test_sound_x25519_shortcut_finds_what_the_step_by_step_check_finds():
     import random
 
     import pyrage
+    from ansible_collections.nixfleet.sops.plugins.module_utils.agefile import armor
     from ansible_collections.nixfleet.sops.plugins.module_utils.sops import stanzas
-
-    def armor(data: bytes) -> str:
-        b64 = base64.b64encode(data).decode()
-        return "\n".join([stanzas.BEGIN] + [b64[i:i + 64] for i in range(0, len(b64), 64)] + [stanzas.END]) + "\n"
 
     rng = random.Random(20261202)
     ids = [pyrage.x25519.Identity.generate() for _unused in range(4)]
